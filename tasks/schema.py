@@ -1,0 +1,56 @@
+"""Arrow schemas of the rows that flow between stages and of a release.
+
+Each stage adds columns to the one before it; the release schema is the contract users
+load (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# After ingest: every row has a stable id, its text and where it came from.
+INGEST = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("license", pa.string(), nullable=False),
+    ]
+)
+
+# Provenance columns; null on original rows.
+PROVENANCE = [
+    pa.field("synthetic", pa.bool_(), nullable=False),
+    pa.field("parent_id", pa.string()),
+    pa.field("generator", pa.string()),
+    pa.field("prompt_id", pa.string()),
+]
+
+# After tokenize (and for synthetic rows after augment): token counts and provenance.
+TOKENIZED = pa.schema(list(INGEST) + [pa.field("n_tokens", pa.int32(), nullable=False)] + PROVENANCE)
+
+# A published split file.
+RELEASE = pa.schema(list(TOKENIZED) + [pa.field("cluster_id", pa.string(), nullable=False)])
+
+# Rows a stage dropped, with the reason (the quarantine).
+DROPPED = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("text", pa.string()),
+    ]
+)
+
+SPLITS = ("train", "validation", "test")
+
+
+def with_provenance(table: pa.Table) -> pa.Table:
+    """Add the provenance columns of an original row (synthetic=false, nulls)."""
+    n = table.num_rows
+    table = table.append_column(PROVENANCE[0], pa.array([False] * n, pa.bool_()))
+    for field in PROVENANCE[1:]:
+        table = table.append_column(field, pa.nulls(n, field.type))
+    return table

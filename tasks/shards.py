@@ -1,0 +1,119 @@
+"""Reading and writing the Parquet shards that stages pass to each other.
+
+Writer settings are fixed so the same rows always give the same bytes. Files are written
+to a temporary name and renamed, so a crash never leaves a half-written shard that a
+resumed run would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks import schema
+
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=3,
+    row_group_size=10_000,
+    use_dictionary=True,
+    write_statistics=True,
+    data_page_version="1.0",
+    store_schema=True,
+)
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    os.replace(tmp, path)
+    return path
+
+
+class ParquetSink:
+    """Streams record batches into one Parquet file with the fixed writer settings."""
+
+    def __init__(self, path: str | Path, arrow_schema: pa.Schema):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._writer = pq.ParquetWriter(self._tmp, arrow_schema, **PARQUET_OPTIONS)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(path, columns=columns)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """The shards of a stage in their global order (names sort in row order)."""
+    return sorted(Path(directory).glob("*.parquet"))
+
+
+@dataclass
+class StageReport:
+    """What one shard task did: rows in and out, and every dropped row counted by reason."""
+
+    stage: str
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    extra: dict = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] += n
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(sorted(self.dropped.items())),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def merge(cls, stage: str, reports: Iterable[dict]) -> StageReport:
+        total = cls(stage)
+        for r in reports:
+            total.rows_in += r["rows_in"]
+            total.rows_out += r["rows_out"]
+            total.dropped.update(r["dropped"])
+        return total
+
+
+def dropped_table(rows: list[dict]) -> pa.Table:
+    """Quarantine rows (id, source, stage, reason, detail, text) as a table."""
+    return pa.Table.from_pylist(rows, schema=schema.DROPPED)

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.errors import CorpusmillError
 from tasks.recipe import ModelRef
 from tasks.shards import file_sha256
 
@@ -28,7 +29,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CORPUSMILL_CACHE", Path.home() / ".cache" / "corpusmill"))
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(CorpusmillError, FileNotFoundError):
     pass
 
 

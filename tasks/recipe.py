@@ -12,11 +12,13 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import CorpusmillError
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
 
 
-class RecipeError(ValueError):
+class RecipeError(CorpusmillError, ValueError):
     """A recipe that cannot be used; the message says which key and how to fix it."""
 
 

@@ -18,7 +18,6 @@ from tasks.recipe import Filters, ModelRef
 from tasks.shards import StageReport, dropped_table, read_table, write_table
 
 STAGE = "tokenize"
-VERSION = "1"
 ENCODE_BATCH = 1_000  # documents per encode call: bounds the memory held by token ids
 
 

@@ -1,0 +1,141 @@
+"""The `default` validation suite: what every split of a release must satisfy.
+
+Each expectation carries `meta = {"critical": bool, "why": str}`. A failed critical
+expectation stops the release; a failed non-critical one is reported as a warning. `why`
+is the sentence a user reads in the error message, so it names the risk the check controls.
+
+Two suites: `split_suite` checks one split's rows; `lineage_suite` checks a frame derived
+from all splits together (built by `tasks.validate.lineage_frame`: one row per id,
+cluster id or parent id, with the number of splits it occurs in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from great_expectations.expectations.row_conditions import Column
+
+from tasks import pii, schema
+from tasks.recipe import Recipe
+
+SUITE = "default"
+
+
+@dataclass(frozen=True)
+class SuiteParams:
+    """The recipe settings the suite checks against."""
+
+    min_tokens: int
+    max_tokens: int | None
+    max_synthetic_share: float  # 1.0 when the recipe has no augment stage
+    columns: tuple[str, ...] = tuple(schema.RELEASE.names)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> SuiteParams:
+        share = recipe.augment.max_synthetic_share if recipe.augment is not None else 1.0
+        return cls(recipe.filters.min_tokens, recipe.filters.max_tokens, share)
+
+
+def _meta(why: str, critical: bool = True) -> dict:
+    return {"critical": critical, "why": why}
+
+
+def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.ExpectationSuite:
+    """The suite for one split's rows, named `default.<name>`.
+
+    With `empty=True` only the column list is checked: a tiny dataset may have a split with
+    no rows, where a mean (the synthetic share) is undefined and every row check is vacuous.
+    """
+    schema_check = gxe.ExpectTableColumnsToMatchOrderedList(
+        column_list=list(params.columns),
+        meta=_meta("the split's columns must be the release schema, in order, so every split loads as one dataset"),
+    )
+    # The suite gets its expectations at construction: `add_expectation` needs an active context.
+    if empty:
+        return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[schema_check])
+
+    not_null = [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column, meta=_meta(f"every row needs its {column}; a null here means a stage lost data")
+        )
+        for column in ("id", "text", "source", "license", "n_tokens", "synthetic", "cluster_id")
+    ]
+    provenance = [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column,
+            row_condition=Column("synthetic") == True,  # noqa: E712 (builds a GE condition, not a bool)
+            meta=_meta(f"a synthetic row must record its provenance: {column} is missing"),
+        )
+        for column in ("parent_id", "generator", "prompt_id")
+    ]
+    no_pii = [
+        gxe.ExpectColumnValuesToNotMatchRegex(
+            column="text",
+            regex=pattern,
+            meta=_meta(f"no personal data: text matches the '{pattern_name}' pattern of tasks.pii"),
+        )
+        for pattern_name, (pattern, _) in pii.PATTERNS.items()
+    ]
+    expectations = [
+        schema_check,
+        *not_null,
+        gxe.ExpectColumnValuesToBeUnique(
+            column="id", meta=_meta("ids identify rows across rebuilds, diffs and lineage; a repeat makes them ambiguous")
+        ),
+        gxe.ExpectColumnValuesToBeUnique(
+            column="text", meta=_meta("no duplicate texts: exact duplicates must have been removed by dedup")
+        ),
+        gxe.ExpectColumnValuesToBeOfType(
+            column="text", type_="str", meta=_meta("text must be strings (pandas dtype 'str' from an Arrow string column)")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n_tokens",
+            min_value=params.min_tokens,
+            max_value=params.max_tokens,
+            meta=_meta(
+                f"token counts must lie within the recipe's filters "
+                f"(min_tokens={params.min_tokens}, max_tokens={params.max_tokens})"
+            ),
+        ),
+        # `synthetic` is boolean, so its mean is the share of generated rows.
+        gxe.ExpectColumnMeanToBeBetween(
+            column="synthetic",
+            min_value=0.0,
+            max_value=params.max_synthetic_share,
+            meta=_meta(
+                f"the synthetic share of a split must not exceed the recipe's cap "
+                f"(max_synthetic_share={params.max_synthetic_share})"
+            ),
+        ),
+        *provenance,
+        *no_pii,
+        # Dedup keeps one member per near-duplicate cluster, so a repeat means near duplicates
+        # survived; worth a look, but the texts differ, so it does not stop the release.
+        gxe.ExpectColumnValuesToBeUnique(
+            column="cluster_id",
+            meta=_meta(
+                "dedup keeps one member per near-duplicate cluster; repeated cluster ids mean near duplicates remain",
+                critical=False,
+            ),
+        ),
+    ]
+    return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=expectations)
+
+
+def lineage_suite() -> gx.ExpectationSuite:
+    """The suite for the cross-split lineage frame (columns key, n_splits, splits)."""
+    no_shared_lineage = gxe.ExpectColumnValuesToBeBetween(
+        column="n_splits",
+        min_value=1,
+        max_value=1,
+        meta=_meta(
+            "no lineage shared across splits: a row id, near-duplicate cluster or synthetic row's parent "
+            "in two splits leaks training data into evaluation"
+        ),
+    )
+    one_row_per_key = gxe.ExpectColumnValuesToBeUnique(
+        column="key", meta=_meta("the lineage frame must have one row per key, or n_splits undercounts")
+    )
+    return gx.ExpectationSuite(name=f"{SUITE}.lineage", expectations=[no_shared_lineage, one_row_per_key])

@@ -1,0 +1,53 @@
+"""Terminal progress for long stages.
+
+The CLI turns it on; under a deployment or in tests every call is a no-op. Tasks run in
+the flow's thread pool, so one rich `Progress` shared by the flow and its tasks is enough.
+Bars are named by stage, so a task can advance its stage's bar without being handed a
+callback through Prefect's parameters.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+_progress: Progress | None = None
+_bars: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+@contextmanager
+def shown() -> Iterator[None]:
+    """Show progress bars on stderr while the block runs."""
+    global _progress
+    _progress = Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    try:
+        with _progress:
+            yield
+    finally:
+        _progress = None
+        _bars.clear()
+
+
+def begin(name: str, total: int | None) -> None:
+    """Start (or grow) the bar `name`; `total=None` shows a count without an end."""
+    if _progress is None:
+        return
+    with _lock:
+        if name in _bars:
+            current = _progress.tasks[_bars[name]].total
+            _progress.update(_bars[name], total=(current or 0) + (total or 0))
+        else:
+            _bars[name] = _progress.add_task(name, total=total)
+
+
+def advance(name: str, n: int = 1) -> None:
+    if _progress is not None and name in _bars:
+        _progress.advance(_bars[name], n)

@@ -1,0 +1,385 @@
+"""Augment stage: synthetic rows generated from source rows by an LLM, gated, then filtered.
+
+Per shard: choose rows by a hash of (seed, id) -> give each one prompt template -> generate
+in length-sorted batches -> quality gates -> the tokenize stage's PII and length filters ->
+write the surviving synthetic rows with their provenance; every rejected generation goes to
+the quarantine with its reason. The synthetic share cap is applied later, across shards.
+
+Prompt templates are data: YAML files in `tasks/prompts/` (id, description, optional
+system, user with `{text}`). A template's `prompt_id` carries a hash of its content, so a
+reworded template is a different prompt in every synthetic row it produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from tasks import schema
+from tasks.models import load_causal_lm, load_tokenizer, resolve
+from tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from tasks.shards import StageReport, dropped_table, read_table, write_table
+from tasks.tokenize import filter_rows
+
+STAGE = "augment"
+VERSION = "1"
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+# Generated rows before the tokenize filters add `n_tokens`.
+CANDIDATE = pa.schema(list(schema.INGEST) + schema.PROVENANCE)
+
+
+# --- prompt templates ------------------------------------------------------------------
+
+
+class _TemplateFile(BaseModel):
+    """The content of one template file; unknown keys are errors, as in the recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    description: str
+    system: str | None = None
+    user: str
+
+    @field_validator("user")
+    @classmethod
+    def _has_text_slot(cls, user: str) -> str:
+        if "{text}" not in user:
+            raise ValueError("must contain {text}, where the source document is inserted")
+        return user
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    id: str
+    system: str | None
+    user: str
+    prompt_id: str  # f"{id}@{content hash}", recorded on every synthetic row
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """Chat messages for one source document."""
+        # str.replace, not str.format: documents and templates may contain other braces.
+        user = {"role": "user", "content": self.user.replace("{text}", text)}
+        return [{"role": "system", "content": self.system}, user] if self.system else [user]
+
+
+def load_templates(names: Sequence[str], directory: Path | None = None) -> list[PromptTemplate]:
+    """The named templates from `directory` (default: the packaged `tasks/prompts/`)."""
+    directory = Path(directory) if directory is not None else PROMPTS_DIR
+    available = sorted(p.stem for p in directory.glob("*.yaml"))
+    if len(set(names)) != len(names):
+        raise ValueError(f"prompt templates {list(names)} name one template twice; list each once")
+    templates = []
+    for name in names:
+        if name not in available:
+            raise ValueError(f"unknown prompt template {name!r}; available templates: {', '.join(available)}")
+        path = directory / f"{name}.yaml"
+        try:
+            content = _TemplateFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, ValidationError) as e:
+            raise ValueError(f"prompt template {path} is invalid: {e}") from None
+        if content.id != name:
+            raise ValueError(f"prompt template {path} has id {content.id!r}; the id must equal the file name {name!r}")
+        # Canonical JSON of the parsed content: comments and YAML layout do not change the id,
+        # any change to the text does.
+        canonical = json.dumps(content.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+        templates.append(PromptTemplate(content.id, content.system, content.user, f"{content.id}@{digest}"))
+    return templates
+
+
+# --- which rows, which template ------------------------------------------------------
+
+
+def _unit(*parts: object) -> float:
+    """A number in [0, 1) from a hash of `parts`: the same on every machine, run and shard layout."""
+    # The top 53 bits fit a double exactly, so the result can never round up to 1.0.
+    return (xxhash.xxh3_64_intdigest("\x1f".join(map(str, parts)).encode("utf-8")) >> 11) / 2.0**53
+
+
+def select_rows(ids: Sequence[str], fraction: float, seed: int, n_tokens: Sequence[int], max_source_tokens: int) -> list[int]:
+    """Positions of the rows to augment: hash(seed, id) < fraction and not longer than the limit.
+
+    Each decision depends on the row alone, so it does not change with row order or shard size.
+    """
+    return [
+        i
+        for i, (row_id, n) in enumerate(zip(ids, n_tokens, strict=True))
+        if n <= max_source_tokens and _unit("select", seed, row_id) < fraction
+    ]
+
+
+def assign_templates(ids: Sequence[str], templates: Sequence[PromptTemplate], seed: int) -> list[PromptTemplate]:
+    """One template per row, by rendezvous hashing on (seed, id, template id).
+
+    Rendezvous hashing makes the choice independent of the order of the recipe's list, and
+    adding a template moves only the rows the new one wins; keyed on the template id (not
+    the content hash) so rewording a template does not reshuffle rows between templates.
+    """
+    return [max(templates, key=lambda t: _unit("template", seed, row_id, t.id)) for row_id in ids]
+
+
+# --- generation ------------------------------------------------------------------------
+
+# One generation at a time per process: the seeded sampling uses torch's global RNG, and two
+# shard tasks generating at once on a CPU only fight over the same cores.
+_generate_lock = threading.Lock()
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+def generate(
+    texts: Sequence[str],
+    templates: PromptTemplate | Sequence[PromptTemplate],
+    settings: Augment,
+    seed: int,
+    on_progress: Callable[[int], None] | None = None,
+    usage: dict | None = None,
+) -> list[str]:
+    """One generated text per source text, in the order given.
+
+    `templates` is one template for all texts or one per text. Prompts are sorted by token
+    length (longest first) and batched, so padding stays small; greedy when
+    `settings.temperature == 0`, else sampling seeded per batch, so a rerun on the same
+    device gives the same text. `on_progress(rows_done)` is called after each batch with
+    the running total; `usage`, if given, receives `prompt_tokens` and `new_tokens`.
+    """
+    if isinstance(templates, PromptTemplate):
+        templates = [templates] * len(texts)
+    if len(templates) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
+    if usage is not None:
+        usage.update(prompt_tokens=0, new_tokens=0)
+    if not texts:
+        return []
+
+    import torch
+
+    model, tokenizer, device = load_causal_lm(settings.model, settings.device)
+    rendered = [
+        tokenizer.apply_chat_template(t.messages(x), tokenize=False, add_generation_prompt=True)
+        for x, t in zip(texts, templates)
+    ]
+    # The chat template already wrote the special tokens.
+    encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    # Longest first: similar lengths share a batch (little padding), and a batch too large
+    # for the device fails on the first batch rather than after hours.
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = _stop_ids(model, tokenizer)
+    sampling = settings.temperature > 0
+    options = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop))
+    if sampling:
+        # top_k=0 turns off transformers' default top-k, so temperature and top_p are the whole rule.
+        options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        options.update(do_sample=False)
+
+    outputs = [""] * len(texts)
+    done = 0
+    with _generate_lock, torch.inference_mode():
+        for b, start in enumerate(range(0, len(order), settings.batch_size)):
+            batch = order[start : start + settings.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            # Left padding, built here so the shared tokenizer's padding_side is never touched:
+            # a decoder-only model continues from the last position of every row.
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
+                attention[row, width - len(encoded[i]) :] = 1
+            if sampling:
+                # Seeded from the batch's own first prompt as well as its index, so shards do not
+                # all replay the same random stream.
+                torch.manual_seed(xxhash.xxh3_64_intdigest(f"{seed}\x1f{b}\x1f{rendered[batch[0]]}") >> 1)
+            result = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
+            new = result[:, width:].cpu().tolist()
+            for row, i in enumerate(batch):
+                tokens = new[row]
+                ends = [k for k, t in enumerate(tokens) if t in stop]
+                produced = tokens[: ends[0] + 1] if ends else tokens
+                outputs[i] = tokenizer.decode(produced, skip_special_tokens=True).strip()
+                if usage is not None:
+                    usage["prompt_tokens"] += len(encoded[i])
+                    usage["new_tokens"] += len(produced)
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done)
+    return outputs
+
+
+# --- quality gates ---------------------------------------------------------------------
+
+REFUSAL = re.compile(
+    r"\b(?:as an ai|as a language model|as an assistant|i cannot|i can not|i can't|i'm sorry|i am sorry"
+    r"|i am unable|i'm unable|i am not able|i'm not able|i apologi[sz]e)\b"
+)
+_WORD = re.compile(r"\w+")
+
+
+def _fold(text: str) -> str:
+    return text.lower().replace("\u2019", "'")
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str, str] | None:
+    """The first gate `generated` fails, as (reason, detail), or None when it passes.
+
+    Checked most specific first, so a rejection names its cause rather than a symptom:
+    empty, refusal, copy_of_source, repetition, too_short, too_long. A refusal is usually
+    also short, and a looping generation is usually also too long: the length gates come
+    last because a length alone explains least.
+    """
+    text = generated.strip()
+    if not text:
+        return "empty", "nothing but whitespace"
+    folded, folded_source = _fold(text), _fold(source)
+    for phrase in dict.fromkeys(m.group(0) for m in REFUSAL.finditer(folded)):
+        # A phrase the source itself contains was carried over, not refused: novels say "I cannot" too.
+        if phrase not in folded_source:
+            return "refusal", f"contains {phrase!r}"
+
+    words, source_words = _WORD.findall(folded), _WORD.findall(folded_source)
+    shingles, source_shingles = set(_ngrams(words, 5)), set(_ngrams(source_words, 5))
+    if shingles and source_shingles:
+        jaccard = len(shingles & source_shingles) / len(shingles | source_shingles)
+        if jaccard > gates.max_source_jaccard:
+            return "copy_of_source", f"word 5-gram Jaccard {jaccard:.3f} > {gates.max_source_jaccard}"
+    elif words == source_words:  # under five words there are no 5-grams: compare the words themselves
+        return "copy_of_source", "same words as the source"
+
+    trigrams = _ngrams(words, 3)
+    if trigrams:
+        repeated = 1 - len(set(trigrams)) / len(trigrams)
+        if repeated > gates.max_repeated_ngram_ratio:
+            return "repetition", f"{repeated:.3f} of word 3-grams repeated > {gates.max_repeated_ngram_ratio}"
+
+    ratio = len(text) / max(len(source.strip()), 1)
+    if len(text) < gates.min_chars:
+        return "too_short", f"{len(text)} characters < {gates.min_chars}"
+    if ratio < gates.min_length_ratio:
+        return "too_short", f"length ratio {ratio:.3f} < {gates.min_length_ratio}"
+    if ratio > gates.max_length_ratio:
+        return "too_long", f"length ratio {ratio:.3f} > {gates.max_length_ratio}"
+    return None
+
+
+def quality_gate(source: str, generated: str, gates: QualityGates) -> str | None:
+    """The reason `generated` is rejected, or None when it is kept (see `check_quality`)."""
+    failed = check_quality(source, generated, gates)
+    return failed[0] if failed else None
+
+
+# --- the stage -------------------------------------------------------------------------
+
+
+def synthetic_id(parent_id: str, prompt_id: str, generator: str) -> str:
+    """Stable id of a generated row: the same parent, prompt and model give the same id."""
+    return xxhash.xxh3_128_hexdigest("\x1f".join((parent_id, prompt_id, generator)).encode("utf-8"))[:24]
+
+
+def run(
+    in_path: Path,
+    out_path: Path,
+    quarantine_path: Path,
+    settings: Augment,
+    seed: int,
+    tokenizer_ref: ModelRef,
+    filters: Filters,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Augment one tokenized shard: synthetic rows (TOKENIZED schema) to `out_path`, always
+    written, even empty; rejected generations to `quarantine_path` when there are any.
+
+    The report counts generated candidates as `rows_in`, so rows_in == rows_out + sum(dropped).
+    """
+    table = read_table(in_path)
+    picked = select_rows(
+        table.column("id").to_pylist(), settings.fraction, seed, table.column("n_tokens").to_pylist(), settings.max_source_tokens
+    )
+    parents = table.take(picked).select(["id", "text", "source", "license"]).to_pylist()
+    templates = assign_templates([p["id"] for p in parents], load_templates(settings.templates), seed)
+
+    usage: dict = {}
+    started = time.perf_counter()
+    outputs = generate([p["text"] for p in parents], templates, settings, seed, on_progress, usage)
+    seconds = time.perf_counter() - started
+
+    generator = resolve(settings.model).identity
+    report = StageReport(STAGE, rows_in=len(parents))
+    candidates, dropped = [], []
+    for parent, template, text in zip(parents, templates, outputs):
+        row = {
+            "id": synthetic_id(parent["id"], template.prompt_id, generator),
+            "text": text,
+            "source": parent["source"],
+            "license": parent["license"],  # a generated text is derived from its parent: same terms
+            "synthetic": True,
+            "parent_id": parent["id"],
+            "generator": generator,
+            "prompt_id": template.prompt_id,
+        }
+        failed = check_quality(parent["text"], text, settings.gates)
+        if failed:
+            reason, detail = failed
+            dropped.append(
+                {
+                    "id": row["id"],
+                    "source": row["source"],
+                    "stage": STAGE,
+                    "reason": reason,
+                    "detail": f"{detail}; parent_id={parent['id']}; prompt_id={template.prompt_id}",
+                    "text": text,
+                }
+            )
+            report.drop(reason)
+        else:
+            candidates.append(row)
+
+    # The same PII rule and token bounds as the originals, and the recipe tokenizer's counts.
+    kept, filtered, filter_report = filter_rows(
+        pa.Table.from_pylist(candidates, schema=CANDIDATE), load_tokenizer(tokenizer_ref), filters, stage=STAGE
+    )
+    report.dropped.update(filter_report.dropped)
+    dropped.extend(filtered)
+    report.rows_out = kept.num_rows
+
+    write_table(kept, out_path)
+    if dropped:
+        write_table(dropped_table(dropped), quarantine_path)
+
+    kept_by_prompt = Counter(kept.column("prompt_id").to_pylist())
+    report.extra.update(
+        selected=len(picked),
+        new_tokens=usage["new_tokens"],
+        seconds=round(seconds, 3),
+        tokens=int(pc.sum(kept.column("n_tokens")).as_py() or 0),
+        prompt_ids={
+            pid: {"generated": n, "kept": kept_by_prompt[pid]}
+            for pid, n in sorted(Counter(t.prompt_id for t in templates).items())
+        },
+        **filter_report.extra,
+    )
+    return report.to_dict()

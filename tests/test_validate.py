@@ -1,0 +1,234 @@
+"""The validate stage: the default suite on small releases, one defect at a time."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from expectations.default import SuiteParams, lineage_suite, split_suite
+from tasks import pii, schema
+from tasks.recipe import parse_recipe
+from tasks.validate import format_failures, lineage_frame, validate_release
+
+PARAMS = SuiteParams(min_tokens=4, max_tokens=100, max_synthetic_share=0.3)
+
+
+def _row(split: str, i: int, **overrides) -> dict:
+    row_id = f"{split}-{i:03d}"
+    row = {
+        "id": row_id,
+        "text": f"Document {i} of the {split} split, with a few plain words.",
+        "source": "demo",
+        "license": "CC0-1.0",
+        "n_tokens": 12,
+        "synthetic": False,
+        "parent_id": None,
+        "generator": None,
+        "prompt_id": None,
+        "cluster_id": row_id,
+    }
+    row.update(overrides)
+    return row
+
+
+def _synthetic(split: str, i: int, parent: str, **overrides) -> dict:
+    provenance = {"synthetic": True, "parent_id": parent, "generator": "smollm2@sha256:ab12", "prompt_id": "paraphrase@1f2e"}
+    return _row(split, i, **{**provenance, "text": f"A paraphrase of {parent}, number {i}.", **overrides})
+
+
+def _valid_rows() -> dict[str, list[dict]]:
+    train = [_row("train", i) for i in range(18)] + [_synthetic("train", 18, "train-000"), _synthetic("train", 19, "train-001")]
+    return {
+        "train": train,
+        "validation": [_row("validation", i) for i in range(5)],
+        "test": [_row("test", i) for i in range(4)] + [_synthetic("test", 4, "test-000")],
+    }
+
+
+def _write(root: Path, rows: dict[str, list[dict]], drop: dict[str, str] | None = None) -> dict[str, list[Path]]:
+    """One Parquet file per split with the release schema; `drop` removes a column from a split."""
+    files = {}
+    for split, split_rows in rows.items():
+        table = pa.Table.from_pylist(split_rows, schema=schema.RELEASE)
+        if drop and split in drop:
+            table = table.drop_columns([drop[split]])
+        path = root / "data" / f"{split}-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        files[split] = [path]
+    return files
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch) -> Path:
+    """An empty working directory, to prove GE writes nothing outside out_dir."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def test_valid_release_passes_and_writes_reports(tmp_path, cwd):
+    files = _write(tmp_path, _valid_rows())
+    out = tmp_path / "validation"
+    summary = validate_release(files, PARAMS, out)
+
+    assert summary["success"] is True, format_failures(summary)
+    assert summary["critical_failures"] == [] and summary["warnings"] == [] and summary["failed"] == 0
+    assert summary["suite"] == "default"
+    assert summary["per_batch"] == {
+        "train": {"rows": 20, "success": True},
+        "validation": {"rows": 5, "success": True},
+        "test": {"rows": 5, "success": True},
+        "lineage": {"rows": 30, "success": True},
+    }
+    expected = 3 * len(split_suite(PARAMS, "x").expectations) + len(lineage_suite().expectations)
+    assert summary["evaluated"] == expected
+
+    assert sorted(p.name for p in out.iterdir()) == ["data_docs", "results.json"]
+    assert (out / "data_docs" / "index.html").is_file()
+    assert summary["data_docs"] == str(out / "data_docs" / "index.html")
+    text = (out / "results.json").read_text()
+    report = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json holds {c}, not valid JSON"))
+    assert report["summary"] == summary
+    assert sorted(report["results"]) == ["lineage", "test", "train", "validation"]
+    assert text == json.dumps(report, sort_keys=True, indent=2) + "\n"
+    assert list(cwd.iterdir()) == [], "GE wrote into the working directory"
+
+
+def _dup_id(rows):
+    rows["train"][1]["id"] = rows["train"][0]["id"]
+
+
+def _dup_text(rows):
+    rows["train"][1]["text"] = rows["train"][0]["text"]
+
+
+def _too_long(rows):
+    rows["train"][3]["n_tokens"] = 101
+
+
+def _synthetic_share(rows):
+    # 2 of 5 rows generated: 0.4 > 0.3; parents in the same split keep lineage clean.
+    rows["validation"][3] = _synthetic("validation", 3, "validation-000")
+    rows["validation"][4] = _synthetic("validation", 4, "validation-001")
+
+
+def _no_generator(rows):
+    rows["train"][18]["generator"] = None
+
+
+def _email(rows):
+    rows["test"][1]["text"] += " Write to jane.doe@example.org for a copy."
+
+
+def _shared_cluster(rows):
+    rows["test"][2]["cluster_id"] = rows["train"][5]["id"]
+
+
+def _parent_in_train(rows):
+    rows["test"][4]["parent_id"] = "train-007"
+
+
+DEFECTS = [
+    pytest.param(_dup_id, "train", "expect_column_values_to_be_unique", "id", "train-000", id="duplicate-id"),
+    pytest.param(_dup_text, "train", "expect_column_values_to_be_unique", "text", "train-000", id="duplicate-text"),
+    pytest.param(_too_long, "train", "expect_column_values_to_be_between", "n_tokens", "101", id="n-tokens-above-max"),
+    pytest.param(_synthetic_share, "validation", "expect_column_mean_to_be_between", "synthetic", "0.4", id="synthetic-share"),
+    pytest.param(_no_generator, "train", "expect_column_values_to_not_be_null", "generator", "train-018", id="no-generator"),
+    pytest.param(_email, "test", "expect_column_values_to_not_match_regex", "text", "test-001", id="email"),
+    pytest.param(_shared_cluster, "lineage", "expect_column_values_to_be_between", "n_splits", "train-005", id="cluster-in-two-splits"),
+    pytest.param(_parent_in_train, "lineage", "expect_column_values_to_be_between", "n_splits", "train-007", id="parent-in-train"),
+]
+
+
+@pytest.mark.parametrize("defect, batch, expectation, column, seen", DEFECTS)
+def test_each_defect_is_a_critical_failure(tmp_path, defect, batch, expectation, column, seen):
+    rows = copy.deepcopy(_valid_rows())
+    defect(rows)
+    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+
+    assert summary["success"] is False
+    hits = [
+        f
+        for f in summary["critical_failures"]
+        if (f["batch"], f["expectation"], f["column"]) == (batch, expectation, column)
+    ]
+    assert len(hits) == 1, summary["critical_failures"]
+    assert seen in hits[0]["observed"] and hits[0]["why"]
+    assert summary["per_batch"][batch]["success"] is False
+    if batch == "lineage":
+        assert "train+test" in hits[0]["observed"]
+
+    message = format_failures(summary)
+    assert f"[{batch}] {expectation} on column {column}" in message
+    assert hits[0]["why"] in message and summary["data_docs"] in message
+
+
+def test_missing_column_fails_the_schema_check(tmp_path):
+    files = _write(tmp_path, _valid_rows(), drop={"validation": "prompt_id"})
+    summary = validate_release(files, PARAMS, tmp_path / "validation")
+
+    assert summary["success"] is False
+    (schema_failure,) = [f for f in summary["critical_failures"] if f["expectation"] == "expect_table_columns_to_match_ordered_list"]
+    assert schema_failure["batch"] == "validation" and schema_failure["column"] is None
+    assert "prompt_id" in schema_failure["observed"]
+    # The provenance check on the missing column reports GE's error rather than crashing.
+    assert any(f["column"] == "prompt_id" and "does not exist" in f["observed"] for f in summary["critical_failures"])
+    assert "expect_table_columns_to_match_ordered_list" in format_failures(summary)
+
+
+def test_empty_split_passes(tmp_path):
+    rows = _valid_rows()
+    rows["test"] = []
+    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+
+    assert summary["success"] is True, format_failures(summary)
+    assert summary["per_batch"]["test"] == {"rows": 0, "success": True}
+    assert format_failures(summary).startswith("Validation passed")
+
+
+def test_repeated_cluster_within_a_split_is_a_warning(tmp_path):
+    rows = _valid_rows()
+    rows["train"][2]["cluster_id"] = rows["train"][1]["id"]
+    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+
+    assert summary["success"] is True
+    (warning,) = summary["warnings"]
+    assert (warning["batch"], warning["column"]) == ("train", "cluster_id")
+    assert summary["failed"] == 1
+
+
+def test_suite_covers_every_pii_pattern_and_marks_criticality():
+    suite = split_suite(PARAMS, "train")
+    regexes = [e.regex for e in suite.expectations if e.expectation_type == "expect_column_values_to_not_match_regex"]
+    assert regexes == [pattern for pattern, _ in pii.PATTERNS.values()]
+    assert all(isinstance(e.meta["critical"], bool) and e.meta["why"] for e in suite.expectations + lineage_suite().expectations)
+    assert [e.expectation_type for e in split_suite(PARAMS, "test", empty=True).expectations] == [
+        "expect_table_columns_to_match_ordered_list"
+    ]
+
+
+def test_lineage_frame_counts_splits_per_key():
+    frames = {
+        split: pa.Table.from_pylist(split_rows, schema=schema.RELEASE).to_pandas()
+        for split, split_rows in _valid_rows().items()
+    }
+    frames["test"].loc[4, "parent_id"] = "train-007"
+    frame = lineage_frame(frames).set_index("key")
+    assert list(frame.columns) == ["n_splits", "splits"]
+    assert frame.loc["train-007"].to_dict() == {"n_splits": 2, "splits": "train+test"}
+    assert frame.loc["test-004"].to_dict() == {"n_splits": 1, "splits": "test"}
+    assert len(frame) == 30
+
+
+def test_params_from_recipe():
+    base = {"name": "demo", "version": "1.0.0", "sources": [{"kind": "python-docs"}], "filters": {"min_tokens": 8, "max_tokens": 512}}
+    assert SuiteParams.from_recipe(parse_recipe(base)) == SuiteParams(8, 512, 1.0)
+    with_augment = parse_recipe({**base, "augment": {"max_synthetic_share": 0.25}})
+    assert SuiteParams.from_recipe(with_augment).max_synthetic_share == 0.25

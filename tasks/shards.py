@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 
 from tasks import schema
 
+ROW_GROUP_ROWS = 10_000
 PARQUET_OPTIONS = dict(
     compression="zstd",
     compression_level=3,
-    row_group_size=10_000,
     use_dictionary=True,
     write_statistics=True,
     data_page_version="1.0",
@@ -34,27 +34,46 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
     os.replace(tmp, path)
     return path
 
 
 class ParquetSink:
-    """Streams record batches into one Parquet file with the fixed writer settings."""
+    """Streams tables into one Parquet file with the fixed writer settings.
+
+    Rows are buffered into full row groups, so the file's bytes depend only on its rows,
+    not on how they arrived (one shard or many).
+    """
 
     def __init__(self, path: str | Path, arrow_schema: pa.Schema):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self._writer = pq.ParquetWriter(self._tmp, arrow_schema, **PARQUET_OPTIONS)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self._writer.write_table(table)
-            self.rows += table.num_rows
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        buffered = pa.concat_tables(self._pending) if self._pending else None
+        full = (self._pending_rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS
+        cut = self._pending_rows if final else full
+        if buffered is not None and cut:
+            self._writer.write_table(buffered.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+        rest = buffered.slice(cut) if buffered is not None else None
+        self._pending = [rest] if rest is not None and rest.num_rows else []
+        self._pending_rows = rest.num_rows if rest is not None else 0
 
     def close(self) -> Path:
+        self._flush(final=True)
         self._writer.close()
         os.replace(self._tmp, self.path)
         return self.path

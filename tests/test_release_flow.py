@@ -1,0 +1,197 @@
+"""End to end: the release flow under a real (temporary) Prefect server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.release import ValidationFailed, release
+from tasks.publish import ReleaseExists
+from tasks.shards import read_table
+
+pytestmark = pytest.mark.slow
+
+WORDS = ("river stone market window garden letter summer harbour lantern violin engine meadow "
+         "silver candle orchard bridge pepper thunder valley mirror copper island ribbon falcon "
+         "marble castle forest ocean pillow saddle rocket tunnel velvet wagon yellow zebra").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def sentence_doc(rng: random.Random, n_words: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(n_words)]
+    return " ".join(words).capitalize() + "."
+
+
+def write_recipe(path: Path, **fields) -> Path:
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+def release_rows(release_dir: Path) -> dict[str, list[dict]]:
+    rows = defaultdict(list)
+    for f in sorted((release_dir / "data").glob("*.parquet")):
+        rows[f.name.split("-")[0]] += read_table(f).to_pylist()
+    return rows
+
+
+def assert_release_contract(release_dir: Path) -> dict:
+    manifest = json.loads((release_dir / "manifest.json").read_text())
+    acc = manifest["accounting"]
+    assert acc["rows_in"] + acc["synthetic_in"] == acc["rows_out"] + sum(acc["dropped"].values())
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(release_dir))
+    assert sum(len(loaded[s]) for s in loaded) == acc["rows_out"]
+    assert {s: len(loaded[s]) for s in loaded} == {s: v["rows"] for s, v in manifest["splits"].items()}
+
+    rows = release_rows(release_dir)
+    split_of_key: dict[str, set] = defaultdict(set)
+    for split, split_rows in rows.items():
+        for r in split_rows:
+            for key in (r["id"], r["cluster_id"], r["parent_id"]):
+                if key:
+                    split_of_key[key].add(split)
+            if r["synthetic"]:
+                assert r["parent_id"] and r["prompt_id"] and "sha256:" in r["generator"]
+            else:
+                assert r["parent_id"] is None and r["generator"] is None
+    crossing = {k: s for k, s in split_of_key.items() if len(s) > 1}
+    assert not crossing, f"lineage crosses splits: {list(crossing.items())[:3]}"
+    assert (release_dir / "README.md").read_text().startswith("---\n")
+    assert (release_dir / "validation" / "results.json").is_file()
+    assert (release_dir / "validation" / "data_docs" / "index.html").is_file()
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def generated_inputs(tmp_path_factory) -> Path:
+    """JSONL with planted duplicates, near duplicates, personal data and broken lines."""
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = random.Random(5)
+    docs = [sentence_doc(rng, rng.randint(25, 45)) for _ in range(160)]
+    near = docs[0].split()
+    near[10] = "kaleidoscope"
+    docs += [docs[1].upper(), " ".join(near), f"Write to jane.doe@example.org about the {docs[2]}"]
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[5:5] = ['{"text": "unterminated', json.dumps({"text": "   "}), json.dumps({"body": "no text key"})]
+    encoded = [line.encode() for line in lines] + [b'{"text": "bad \xff\xfe bytes"}']
+    half = len(encoded) // 2
+    (folder / "part-a.jsonl.gz").write_bytes(gzip.compress(b"\n".join(encoded[:half]) + b"\n"))
+    (folder / "part-b.jsonl").write_bytes(b"\n".join(encoded[half:]) + b"\n")
+    return folder
+
+
+def generated_recipe(tmp_path: Path, inputs: Path, **changes) -> dict:
+    recipe = {
+        "name": "gen-test", "version": "1.0.0", "seed": 3,
+        "sources": [{"kind": "files", "name": "generated", "path": str(inputs / "part-*"), "format": "jsonl",
+                     "license": "CC0-1.0"}],
+        "filters": {"min_tokens": 8, "max_tokens": 512},
+        "augment": {"templates": ["paraphrase", "qa"], "fraction": 0.06, "max_new_tokens": 40, "batch_size": 8,
+                    "max_synthetic_share": 0.3, "gates": {"min_length_ratio": 0.05, "min_chars": 10}},
+        "dedup": {"threshold": 0.8},
+        "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        "output": {"root": str(tmp_path / "releases"), "shard_rows": 50},
+        "work_shard_rows": 60,
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def test_generated_release_end_to_end(tmp_path, generated_inputs):
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", **generated_recipe(tmp_path, generated_inputs))
+    work = tmp_path / "work"
+    out = CliRunner().invoke(app, ["run", str(recipe_path), "--work-dir", str(work)])
+    assert out.exit_code == 0, out.output
+    release_dir = Path(out.output.strip().splitlines()[-1])
+    assert release_dir == tmp_path / "releases" / "gen-test" / "1.0.0"
+    manifest = assert_release_contract(release_dir)
+
+    dropped = manifest["accounting"]["dropped"]
+    for reason in ("ingest.malformed_json", "ingest.invalid_utf8", "ingest.empty", "ingest.missing_text"):
+        assert dropped.get(reason) == 1, (reason, dropped)
+    assert dropped.get("dedup.exact_duplicate", 0) >= 1 and dropped.get("dedup.near_duplicate", 0) >= 1
+    assert manifest["accounting"]["synthetic_in"] > 0 and manifest["accounting"]["synthetic_out"] > 0
+    texts = [r["text"] for rows in release_rows(release_dir).values() for r in rows]
+    assert not any("jane.doe@example.org" in t for t in texts) and any("<EMAIL>" in t for t in texts)
+    assert (work / "gen-test" / "quarantine").is_dir()
+
+    # verify: intact, then a flipped byte is caught
+    assert CliRunner().invoke(app, ["verify", str(release_dir)]).exit_code == 0
+    data_file = release_dir / manifest["files"][0]["path"]
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    broken = CliRunner().invoke(app, ["verify", str(release_dir)])
+    assert broken.exit_code == 1 and manifest["files"][0]["path"] in broken.output
+
+    # the same version again is refused before any work, leaving nothing behind
+    with pytest.raises(ReleaseExists, match="immutable"):
+        release(str(recipe_path), [], str(work))
+
+    # a new version of the same recipe: every shard comes from cache, the data bytes are identical
+    second = Path(release(str(recipe_path), ["version=1.0.1"], str(work)))
+    manifest2 = json.loads((second / "manifest.json").read_text())
+    assert manifest2["fingerprint"] == manifest["fingerprint"]
+    assert [f["sha256"] for f in manifest2["files"]] == [f["sha256"] for f in manifest["files"]]
+    assert sorted(p.name for p in (tmp_path / "releases" / "gen-test").iterdir()) == ["1.0.0", "1.0.1"]
+
+
+def test_failed_validation_publishes_nothing(tmp_path, generated_inputs):
+    recipe = generated_recipe(tmp_path, generated_inputs, augment=None,
+                              filters={"min_tokens": 8, "max_tokens": 512, "pii": "keep"})
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", **recipe)
+    with pytest.raises(ValidationFailed) as e:
+        release(str(recipe_path), [], str(tmp_path / "work"))
+    assert "ExpectColumnValuesToNotMatchRegex" in str(e.value) or "not_match_regex" in str(e.value)
+    assert not (tmp_path / "releases" / "gen-test").exists() or not any((tmp_path / "releases" / "gen-test").iterdir())
+    assert (tmp_path / "work" / "gen-test" / "validation-failed" / "results.json").is_file()
+
+
+def test_cli_reports_bad_input_in_one_paragraph(tmp_path):
+    recipe_path = write_recipe(tmp_path / "r.yaml", name="x", version="1.0.0",
+                               sources=[{"kind": "files", "path": str(tmp_path / "missing.jsonl"), "license": "x"}])
+    out = CliRunner().invoke(app, ["run", str(recipe_path), "--work-dir", str(tmp_path / "w")])
+    assert out.exit_code == 1
+    assert "missing.jsonl" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--set", "colour=red"])
+    assert out.exit_code == 1 and "colour: unknown key" in out.output
+
+
+def test_gutenberg_and_shakespeare_release(tmp_path, corpora):
+    recipe = {
+        "name": "books", "version": "0.1.0",
+        "sources": [
+            {"kind": "files", "name": "alice", "path": str(corpora / "gutenberg" / "11-*.txt"), "format": "text",
+             "split_by": "chapter", "license": "public-domain"},
+            {"kind": "files", "name": "shakespeare", "path": str(corpora / "tinyshakespeare" / "input.txt"),
+             "format": "text", "split_by": "paragraph", "license": "public-domain", "limit": 400},
+        ],
+        "filters": {"min_tokens": 16},
+        "output": {"root": str(tmp_path / "releases")},
+        "work_shard_rows": 100,
+    }
+    recipe_path = write_recipe(tmp_path / "books.yaml", **recipe)
+    first = Path(release(str(recipe_path), [], str(tmp_path / "work")))
+    manifest = assert_release_contract(first)
+    # the two editions of Alice are near duplicates chapter by chapter
+    assert manifest["accounting"]["dropped"].get("dedup.near_duplicate", 0) >= 8
+
+    # cut into a different number of shards, the release is byte-identical
+    second = Path(release(str(recipe_path), ["version=0.1.1", "work_shard_rows=37"], str(tmp_path / "work2")))
+    manifest2 = json.loads((second / "manifest.json").read_text())
+    assert manifest2["fingerprint"] == manifest["fingerprint"]

@@ -78,12 +78,22 @@ class HubSource(Strict):
 Source = Annotated[Union[PythonDocsSource, FilesSource, HubSource], Field(discriminator="kind")]
 
 
+def _short_path(path: str) -> str:
+    """`../shared/corpora/gutenberg/*.txt` -> `gutenberg/*.txt`: the last fixed folder and
+    the rest, so a default source name (and so every row id) does not depend on where the
+    files sit on disk."""
+    parts = path.rstrip("/").split("/")
+    glob_at = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts) - 1)
+    return "/".join(parts[max(glob_at - 1, 0):])
+
+
 def source_name(source: PythonDocsSource | FilesSource | HubSource) -> str:
+    """The `source` value of its rows: `name:` if given, else derived from the source."""
     if source.name:
         return source.name
     if isinstance(source, HubSource):
         return source.dataset if source.config is None else f"{source.dataset}/{source.config}"
-    return ",".join(source.paths)
+    return ",".join(_short_path(p) for p in source.paths)
 
 
 # --- models and tokenizers -------------------------------------------------------------

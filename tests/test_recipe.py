@@ -64,3 +64,12 @@ def test_duplicate_source_names_rejected():
     data = {**MINIMAL, "sources": [{"kind": "python-docs"}, {"kind": "python-docs"}]}
     with pytest.raises(RecipeError, match="unique"):
         parse_recipe(data)
+
+
+def test_default_file_source_name_does_not_depend_on_location():
+    from tasks.recipe import FilesSource, source_name
+
+    for prefix in ("", "/srv/data/", "s3://bucket/x/"):
+        source = FilesSource(kind="files", path=f"{prefix}corpora/gutenberg/*.txt", license="x")
+        assert source_name(source) == "gutenberg/*.txt"
+    assert source_name(FilesSource(kind="files", path="/a/b/c.jsonl", license="x")) == "b/c.jsonl"

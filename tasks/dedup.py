@@ -47,6 +47,7 @@ SCHEME = "affine32"  # datasketch 2.0's default; named so stored signatures say 
 EMPTY_SLOT = np.uint32(0xFFFFFFFF)  # every slot of an affine32 MinHash that saw no shingle
 META_KEY = b"corpusmill.dedup"
 READ_BATCH = 10_000  # rows per record batch when streaming a file
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier for hashing LSH bands
 
 _WORD = re.compile(r"\w+")
 
@@ -168,7 +169,7 @@ def _side_table(path: Path, settings: Dedup, text_column: str, positional_ids: b
     source = pq.ParquetFile(path)
     names = source.schema_arrow.names
     _require_columns(path, names, [text_column] if positional_ids else ["id", text_column])
-    columns = [text_column] + [c for c in ("id", "synthetic") if c in names and not (c == "id" and positional_ids)]
+    columns = [text_column] + ([] if positional_ids else ["id"]) + (["synthetic"] if "synthetic" in names else [])
     width = len(str(max(source.metadata.num_rows - 1, 0)))
     parts, start = [], 0
     for batch in source.iter_batches(batch_size=READ_BATCH, columns=columns):
@@ -204,18 +205,25 @@ def lsh_params(settings: Dedup) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def candidate_pairs(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
+def candidate_pairs(signature: np.ndarray, bands: int, rows: int, subset: np.ndarray | None = None) -> np.ndarray:
     """Pairs (i, j), i < j, of signature rows equal in at least one band; sorted, unique.
 
-    The same pairs MinHashLSH returns for these (bands, rows), found by sorting each band's
-    bytes instead of filling Python dicts: faster and far smaller at millions of rows.
+    The pairs MinHashLSH returns for these (bands, rows), found by sorting a 64-bit hash of
+    each band instead of filling Python dicts: faster and far smaller at millions of rows.
+    Hash collisions are removed by comparing the band values of every pair found. With
+    `subset`, only those rows take part, and i, j index into `subset`.
     """
-    n = len(signature)
+    n = signature.shape[0] if subset is None else len(subset)
     found = [np.empty(0, dtype=np.int64)]
     for band in range(bands):
-        key = np.ascontiguousarray(signature[:, band * rows : (band + 1) * rows])
-        key = key.view(np.dtype((np.void, key.dtype.itemsize * rows))).ravel()
-        order = np.argsort(key, kind="stable")  # stable: members of a bucket stay in index order
+        columns = slice(band * rows, (band + 1) * rows)
+        values = signature[:, columns] if subset is None else signature[subset, columns]
+        key = np.zeros(n, dtype=np.uint64)
+        for column in values.T:
+            key ^= column
+            key *= _MIX
+            key ^= key >> np.uint64(31)
+        order = np.argsort(key)
         sorted_key = key[order]
         starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
         ends = np.r_[starts[1:], n]
@@ -223,7 +231,9 @@ def candidate_pairs(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
         later = np.repeat(ends, ends - starts) - np.arange(n) - 1
         first = np.repeat(np.arange(n), later)
         second = first + 1 + np.arange(first.size) - np.repeat(np.cumsum(later) - later, later)
-        found.append(order[first].astype(np.int64) * n + order[second])
+        a, b = np.minimum(order[first], order[second]), np.maximum(order[first], order[second])
+        equal = (values[a] == values[b]).all(axis=1)
+        found.append(a[equal].astype(np.int64) * n + b[equal])
     pairs = np.unique(np.concatenate(found))
     return np.stack([pairs // max(n, 1), pairs % max(n, 1)], axis=1)
 
@@ -252,10 +262,12 @@ class UnionFind:
         self.size[ra] += self.size[rb]
 
 
-def _read_sides(paths: list[Path], settings: Dedup) -> pa.Table:
-    """All side files as one table, with the index of the shard each row came from."""
+def _read_sides(paths: list[Path], settings: Dedup) -> tuple[pa.Table, np.ndarray]:
+    """All side files: their small columns as one table, with the index of the shard each
+    row came from, and their signatures as one (rows, num_perm) matrix in the same order."""
     expected = _signature_settings(settings)
-    tables = []
+    signature = np.empty((sum(pq.read_metadata(p).num_rows for p in paths), settings.num_perm), dtype=np.uint32)
+    small, start = [], 0
     for k, path in enumerate(paths):
         table = read_table(path)
         meta = (table.schema.metadata or {}).get(META_KEY)
@@ -263,11 +275,15 @@ def _read_sides(paths: list[Path], settings: Dedup) -> pa.Table:
         if found != expected:
             raise ValueError(f"{path} holds signatures made with {found}, but these settings need {expected}; "
                              "recompute it with signatures()")
-        table = table.replace_schema_metadata(None)
-        tables.append(table.append_column("shard", pa.array(np.full(table.num_rows, k, dtype=np.int32))))
-    if not tables:
-        return side_schema(settings).append(pa.field("shard", pa.int32())).empty_table()
-    return pa.concat_tables(tables)
+        values = table.column("signature").combine_chunks().flatten().to_numpy()
+        signature[start : start + table.num_rows] = values.reshape(-1, settings.num_perm)
+        start += table.num_rows
+        table = table.drop_columns("signature").replace_schema_metadata(None)
+        small.append(table.append_column("shard", pa.array(np.full(table.num_rows, k, dtype=np.int32))))
+    if not small:
+        schema = side_schema(settings).remove(4).remove_metadata().append(pa.field("shard", pa.int32()))
+        return schema.empty_table(), signature
+    return pa.concat_tables(small), signature
 
 
 def _read_texts(path: Path, text_column: str, rows: np.ndarray, expected_rows: int) -> list[str]:
@@ -286,8 +302,11 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
     Writes `out_path` (schema `CLUSTERS`, rows sorted by id) and returns the stage report.
     """
     bands, rows_per_band = lsh_params(settings)
-    side = _read_sides([Path(s) for s, _ in shards], settings)
-    side = side.take(pc.sort_indices(side, [("id", "ascending")]))  # row index = rank of id from here on
+    side, signature = _read_sides([Path(s) for s, _ in shards], settings)
+    # Rows are numbered by the rank of their id from here on; `signature` stays in file order.
+    by_id = pc.sort_indices(side, [("id", "ascending")])
+    side = side.take(by_id)
+    sig_row = by_id.to_numpy()
     ids = side.column("id").combine_chunks()
     n = len(ids)
     if n > 1:
@@ -299,7 +318,6 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
     hashes = side.column("text_hash").to_numpy()
     shard_of = side.column("shard").to_numpy()
     row_of = side.column("row").to_numpy()
-    signature = side.column("signature").combine_chunks().flatten().to_numpy().reshape(n, settings.num_perm)
     side_rows = np.bincount(shard_of, minlength=len(shards))
 
     # Exact duplicates share a group, numbered in the order of its lowest id; `rep` is that row.
@@ -312,14 +330,16 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
 
     # LSH over one signature per distinct text, so copies of one text cost nothing here;
     # texts without shingles have the empty signature and are left to the exact match.
-    with_shingles = np.flatnonzero((signature[rep] != EMPTY_SLOT).any(axis=1))
-    pairs = with_shingles[candidate_pairs(signature[rep[with_shingles]], bands, rows_per_band)]
+    # (A signature's minimum is EMPTY_SLOT only when every slot is.)
+    with_shingles = np.flatnonzero(signature.min(axis=1, initial=EMPTY_SLOT)[sig_row[rep]] != EMPTY_SLOT)
+    pairs = with_shingles[candidate_pairs(signature, bands, rows_per_band, subset=sig_row[rep[with_shingles]])]
 
     # Read back only the texts of candidate pairs, one shard at a time.
     fingerprints: dict[int, np.ndarray] = {}
     wanted = np.unique(pairs)
-    for s in np.unique(shard_of[rep[wanted]]):
-        groups = wanted[shard_of[rep[wanted]] == s]
+    wanted_shard = shard_of[rep[wanted]]
+    for s in np.unique(wanted_shard):
+        groups = wanted[wanted_shard == s]
         texts = _read_texts(Path(shards[s][1]), text_column, row_of[rep[groups]], int(side_rows[s]))
         for g, text in zip(groups.tolist(), texts):
             fingerprints[g] = _fingerprint(text, settings.ngram)

@@ -1,0 +1,366 @@
+"""Dedup stage: shingles, signatures, verified LSH clusters, the keep rule, `dedup_file`."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from tasks import dedup
+from tasks.dedup import UnionFind, candidate_pairs, cluster, dedup_file, jaccard, shingles, signatures
+from tasks.recipe import Dedup
+from tasks.shards import read_table, write_table
+
+SETTINGS = Dedup()
+
+PARAGRAPH = (
+    "The river ran slowly past the old mill, where the miller's daughter sat every evening "
+    "counting the boats that drifted down towards the sea. Some carried timber from the hills, "
+    "some carried wool and barley, and once, in a dry summer long ago, a boat came by with "
+    "nothing in it at all except a small brown dog who barked at the mill wheel as if it were "
+    "an old enemy. The daughter laughed so hard that she dropped her ledger into the water, and "
+    "for the rest of that year the miller kept his accounts on the back of a door, which he "
+    "later sold to a travelling painter for the price of two loaves and a jar of honey."
+)
+UNRELATED = (
+    "Quantum error correction protects fragile qubits by spreading one logical bit of "
+    "information across many physical ones, so that a single stray interaction with the "
+    "environment can be detected and undone before it corrupts the computation."
+)
+
+
+def random_words(rng: random.Random, n: int, prefix: str) -> list[str]:
+    """n distinct words, so every word n-gram of the text is distinct."""
+    return [f"{prefix}{i}x{rng.randrange(10**6)}" for i in range(n)]
+
+
+def changed(words: list[str], positions: list[int], tag: str) -> list[str]:
+    out = list(words)
+    for p in positions:
+        out[p] = f"{tag}{p}"
+    return out
+
+
+def run(tmp_path: Path, rows: list[dict], n_shards: int = 1, settings: Dedup = SETTINGS):
+    """Write rows as shards, compute signatures, cluster; return ({id: output row}, report)."""
+    per = -(-len(rows) // n_shards)
+    pairs = []
+    for k in range(n_shards):
+        shard = write_table(pa.Table.from_pylist(rows[k * per : (k + 1) * per]), tmp_path / f"part-{k:05d}.parquet")
+        side = tmp_path / f"sig-{k:05d}.parquet"
+        assert signatures(shard, side, settings) == {"rows": len(rows[k * per : (k + 1) * per])}
+        pairs.append((side, shard))
+    report = cluster(pairs, tmp_path / "clusters.parquet", settings)
+    table = read_table(tmp_path / "clusters.parquet")
+    assert table.schema.equals(dedup.CLUSTERS)
+    assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
+    return {r["id"]: r for r in table.to_pylist()}, report
+
+
+def members(out: dict) -> dict[str, list[str]]:
+    clusters = defaultdict(list)
+    for row in out.values():
+        clusters[row["cluster_id"]].append(row["id"])
+    return clusters
+
+
+# --- shingles and Jaccard ---------------------------------------------------------------
+
+
+def test_shingles_are_word_ngrams_of_the_casefolded_text():
+    assert shingles("The cat, the CAT!  sat.", 2) == {b"the cat", b"cat the", b"cat sat"}
+    assert shingles("Hello,   World", 5) == {b"hello world"}  # shorter than ngram: one shingle
+    assert shingles("", 5) == set() and shingles(" ... !! ", 5) == set()
+    assert shingles("Straße eins zwei", 1) == shingles("STRASSE eins zwei", 1)  # casefold, as for text_hash
+
+
+def test_jaccard_on_sets_and_sorted_arrays():
+    a, b = {1, 2, 3, 4}, {3, 4, 5}
+    assert jaccard(a, b) == pytest.approx(2 / 5)
+    assert jaccard(a, a) == 1.0 and jaccard(a, {9}) == 0.0
+    assert jaccard(set(), set()) == 0.0  # no words: never near duplicates
+    as_array = lambda s: np.array(sorted(s), dtype=np.uint64)  # noqa: E731
+    assert jaccard(as_array(a), as_array(b)) == jaccard(a, b)
+    p, q = PARAGRAPH, PARAGRAPH.replace("timber", "stone")
+    assert jaccard(dedup._fingerprint(p, 5), dedup._fingerprint(q, 5)) == jaccard(shingles(p, 5), shingles(q, 5))
+
+
+def test_union_find_joins_transitively():
+    uf = UnionFind(5)
+    uf.union(0, 1)
+    uf.union(3, 4)
+    uf.union(1, 4)
+    assert len({uf.find(i) for i in (0, 1, 3, 4)}) == 1 and uf.find(2) == 2
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+def test_signature_side_file_is_compact_and_datasketch_compatible(tmp_path):
+    texts = [PARAGRAPH, "  the RIVER ran\n slowly ", "", UNRELATED]
+    shard = write_table(pa.table({"id": ["d", "c", "b", "a"], "text": texts}), tmp_path / "part.parquet")
+    assert signatures(shard, tmp_path / "sig.parquet", SETTINGS) == {"rows": 4}
+    side = read_table(tmp_path / "sig.parquet")
+    assert side.schema.names == ["row", "id", "synthetic", "text_hash", "signature"]
+    assert side.schema.field("signature").type == pa.list_(pa.uint32(), SETTINGS.num_perm)
+    assert side.column("row").to_pylist() == [0, 1, 2, 3]
+    assert side.column("synthetic").to_pylist() == [False] * 4  # no synthetic column in the shard
+    assert side.column("text_hash")[1].as_py() == dedup.text_hash("The river RAN slowly")
+
+    stored = np.array(side.column("signature").to_pylist(), dtype=np.uint32)
+    for text, values in zip(texts, stored):
+        direct = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed)  # datasketch 2.0 default scheme
+        direct.update_batch(shingles(text, SETTINGS.ngram))
+        assert np.array_equal(direct.hashvalues, values)
+    lean = LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")
+    assert lean.jaccard(LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")) == 1.0
+    assert (stored[2] == dedup.EMPTY_SLOT).all()  # empty text: no shingles
+
+
+def test_signatures_name_the_missing_column(tmp_path):
+    shard = write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "part.parquet")
+    with pytest.raises(ValueError, match=r"part\.parquet has no column 'text'"):
+        signatures(shard, tmp_path / "sig.parquet", SETTINGS)
+
+
+def test_cluster_refuses_signatures_made_with_other_settings(tmp_path):
+    shard = write_table(pa.table({"id": ["a"], "text": [PARAGRAPH]}), tmp_path / "part.parquet")
+    signatures(shard, tmp_path / "sig.parquet", Dedup(seed=7))
+    with pytest.raises(ValueError, match="recompute"):
+        cluster([(tmp_path / "sig.parquet", shard)], tmp_path / "c.parquet", SETTINGS)
+
+
+def test_cluster_refuses_repeated_ids(tmp_path):
+    with pytest.raises(ValueError, match="'a' appears more than once"):
+        run(tmp_path, [{"id": "a", "text": PARAGRAPH}, {"id": "a", "text": UNRELATED}])
+
+
+# --- clusters -----------------------------------------------------------------------------
+
+
+def test_exact_duplicates_ignore_case_and_whitespace(tmp_path):
+    rows = [
+        {"id": "3", "text": "The Cat  sat\n on the MAT."},
+        {"id": "1", "text": "the cat sat on the mat."},
+        {"id": "2", "text": "THE CAT SAT ON THE MAT.  "},
+        {"id": "4", "text": "the cat sat on the mat!"},  # other punctuation: same words, not exact
+        {"id": "5", "text": ""},
+        {"id": "6", "text": "  "},
+        {"id": "7", "text": "!!!"},  # no words: not near anything, only its own exact copies
+    ]
+    out, report = run(tmp_path, rows)
+    assert out["1"] == {"id": "1", "cluster_id": "1", "keep": True, "reason": None}
+    assert [out[i]["reason"] for i in "234"] == ["exact_duplicate", "exact_duplicate", "near_duplicate"]
+    assert {out[i]["cluster_id"] for i in "1234"} == {"1"}
+    assert out["6"] == {"id": "6", "cluster_id": "5", "keep": False, "reason": "exact_duplicate"}
+    assert out["7"]["cluster_id"] == "7" and out["7"]["keep"]
+    assert report["dropped"] == {"exact_duplicate": 3, "near_duplicate": 1}
+    assert (report["rows_in"], report["rows_out"]) == (7, 3)
+
+
+def test_planted_near_duplicate_is_clustered_and_unrelated_text_is_not(tmp_path):
+    near = PARAGRAPH.replace("timber", "stone").replace("The river", "THE RIVER")
+    assert 0.9 < jaccard(shingles(PARAGRAPH, 5), shingles(near, 5)) < 1
+    rows = [{"id": "b", "text": near}, {"id": "a", "text": PARAGRAPH}, {"id": "c", "text": UNRELATED}]
+    out, report = run(tmp_path, rows)
+    assert out["b"] == {"id": "b", "cluster_id": "a", "keep": False, "reason": "near_duplicate"}
+    assert out["a"]["keep"] and out["a"]["cluster_id"] == "a"
+    assert out["c"] == {"id": "c", "cluster_id": "c", "keep": True, "reason": None}
+    extra = report["extra"]
+    assert (extra["bands"], extra["rows_per_band"]) == (9, 13)
+    assert (extra["verified_pairs"], extra["clusters"], extra["largest_cluster"]) == (1, 1, 2)
+    assert [(e["a"], e["b"]) for e in extra["examples"]] == [("a", "b")]
+    assert extra["examples"][0]["jaccard"] == round(jaccard(shingles(PARAGRAPH, 5), shingles(near, 5)), 4)
+
+
+def test_keep_rule_originals_first_then_lowest_id(tmp_path):
+    other = PARAGRAPH.replace("river", "canal")
+    rows = [
+        # synthetic "a" has the lowest id, but the original "b" is kept
+        {"id": "a", "text": PARAGRAPH, "synthetic": True},
+        {"id": "c", "text": PARAGRAPH, "synthetic": False},
+        {"id": "b", "text": PARAGRAPH.replace("timber", "stone"), "synthetic": False},
+        # all synthetic: the lowest id
+        {"id": "z", "text": UNRELATED, "synthetic": True},
+        {"id": "y", "text": UNRELATED.upper(), "synthetic": True},
+        {"id": "m", "text": other, "synthetic": False},
+    ]
+    out, _ = run(tmp_path, rows)
+    assert {i: (out[i]["cluster_id"], out[i]["keep"], out[i]["reason"]) for i in "abcm"} == {
+        "b": ("b", True, None),
+        "a": ("b", False, "near_duplicate"),  # its text differs from the kept row's
+        "c": ("b", False, "near_duplicate"),
+        "m": ("b", False, "near_duplicate"),
+    }
+    assert (out["y"]["keep"], out["z"]["cluster_id"], out["z"]["reason"]) == (True, "y", "exact_duplicate")
+
+
+def corpus(n_groups: int = 30) -> list[dict]:
+    """Groups of near and exact copies of random texts, some synthetic, plus singletons."""
+    rng = random.Random(3)
+    rows = []
+    for g in range(n_groups):
+        words = random_words(rng, 300, f"g{g}w")  # one word changed in 300: LSH recall ~1
+        variants = [words, changed(words, [10], "v"), changed(words, [150], "u")][: 1 + g % 3]
+        for v, text in enumerate(variants):
+            row_id = f"{rng.randrange(10**6):06d}-{g}-{v}"  # random prefix: id order is not group order
+            rows.append({"id": row_id, "text": " ".join(text), "synthetic": rng.random() < 0.4})
+        if g % 4 == 0:
+            rows.append({"id": f"{rng.randrange(10**6):06d}-{g}-x", "text": " ".join(words).upper(), "synthetic": True})
+    return rows
+
+
+def test_result_is_independent_of_input_order_and_sharding(tmp_path):
+    rows = corpus()
+    one, report_one = run(tmp_path / "one", rows)
+    shuffled = list(rows)
+    random.Random(5).shuffle(shuffled)
+    three, report_three = run(tmp_path / "three", shuffled, n_shards=3)
+    assert one == three and report_one == report_three
+    assert report_one["extra"]["clusters"] == 23  # the groups with more than one member
+    for row in one.values():  # every cluster keeps its first original by id
+        group = [one[i] for i in members(one)[row["cluster_id"]]]
+        best = min(group, key=lambda r: (next(x for x in rows if x["id"] == r["id"])["synthetic"], r["id"]))
+        assert row["cluster_id"] == best["id"] and row["keep"] == (row is best)
+
+
+def test_verification_rejects_candidates_below_the_threshold(tmp_path):
+    """Pairs sharing ~73% of their shingles collide in an LSH band now and then; the
+    MinHash estimate says "similar", the true Jaccard says no, and no edge is made."""
+    rng = random.Random(11)
+    rows = []
+    for p in range(40):
+        words = random_words(rng, 200, f"p{p}w")
+        rows.append({"id": f"{p:02d}a", "text": " ".join(words)})
+        rows.append({"id": f"{p:02d}b", "text": " ".join(changed(words, list(range(12, 200, 31)), "z"))})
+    true = jaccard(shingles(rows[0]["text"], 5), shingles(rows[1]["text"], 5))
+    assert 0.7 < true < SETTINGS.threshold
+    out, report = run(tmp_path, rows)
+    extra = report["extra"]
+    assert extra["candidate_pairs"] > 0 and extra["rejected_pairs"] == extra["candidate_pairs"]
+    assert extra["verified_pairs"] == 0 and extra["clusters"] == 0
+    assert all(r["keep"] and r["cluster_id"] == r["id"] for r in out.values())
+
+
+def test_chain_of_verified_pairs_is_one_cluster(tmp_path):
+    """A~B and B~C are each above the threshold, A and C are not: union-find is transitive,
+    so all three are one cluster; verification bounds each edge, not the cluster's width."""
+    words = random_words(random.Random(2), 504, "w")
+    a = words
+    b = changed(a, list(range(20, 504, 80)), "b")
+    c = changed(b, list(range(60, 504, 80)), "c")
+    sim = lambda x, y: jaccard(shingles(" ".join(x), 5), shingles(" ".join(y), 5))  # noqa: E731
+    assert sim(a, b) >= 0.8 and sim(b, c) >= 0.8 and sim(a, c) < 0.8
+    out, report = run(tmp_path, [{"id": i, "text": " ".join(t)} for i, t in zip("ABC", (a, b, c))])
+    assert {r["cluster_id"] for r in out.values()} == {"A"}
+    assert out["C"]["reason"] == "near_duplicate" and report["extra"]["verified_pairs"] == 2
+
+
+# --- real data: two editions of Alice in Wonderland --------------------------------------
+
+
+def paragraphs(path: Path, min_words: int = 30) -> list[str]:
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+    return [p for p in re.split(r"\n\s*\n", text) if len(p.split()) >= min_words]
+
+
+@pytest.fixture(scope="module")
+def alice(corpora, tmp_path_factory):
+    rows = [
+        {"id": f"{edition}-{i:04d}", "text": p}
+        for edition, name in (("new", "11-0.txt"), ("old", "11-old-alice30.txt"))
+        for i, p in enumerate(paragraphs(corpora / "gutenberg" / name))
+    ]
+    out, report = run(tmp_path_factory.mktemp("alice"), rows, n_shards=3)
+    return rows, out, report
+
+
+def test_alice_editions_cluster_together(alice):
+    rows, out, report = alice
+    clusters = members(out)
+    new = [r for r in rows if r["id"].startswith("new")]
+    matched = [r for r in new if any(m.startswith("old") for m in clusters[out[r["id"]]["cluster_id"]])]
+    assert len(new) > 300 and len(matched) / len(new) > 0.8
+    assert report["rows_in"] == len(rows) == report["rows_out"] + sum(report["dropped"].values())
+    assert all(e["jaccard"] >= SETTINGS.threshold for e in report["extra"]["examples"])
+
+
+def test_alice_every_cluster_is_held_together_by_true_jaccard(alice):
+    """Each multi-member cluster is connected by pairs with true Jaccard >= threshold (or
+    equal normalised text): no cluster rests on a MinHash estimate alone."""
+    rows, out, _ = alice
+    text = {r["id"]: r["text"] for r in rows}
+    for ids in members(out).values():
+        uf = UnionFind(len(ids))
+        sets = [shingles(text[i], 5) for i in ids]
+        for x in range(len(ids)):
+            for y in range(x + 1, len(ids)):
+                same = dedup.normalize(text[ids[x]]) == dedup.normalize(text[ids[y]])
+                if same or jaccard(sets[x], sets[y]) >= SETTINGS.threshold:
+                    uf.union(x, y)
+        assert len({uf.find(x) for x in range(len(ids))}) == 1, ids
+
+
+def test_numpy_banding_finds_what_datasketch_lsh_finds(alice, tmp_path):
+    rows, _, _ = alice
+    shard = write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")
+    signatures(shard, tmp_path / "sig.parquet", SETTINGS)
+    stored = np.array(read_table(tmp_path / "sig.parquet").column("signature").to_pylist(), dtype=np.uint32)
+    bands, rows_per_band = dedup.lsh_params(SETTINGS)
+    lsh = MinHashLSH(threshold=SETTINGS.threshold, num_perm=SETTINGS.num_perm)
+    lean = [LeanMinHash(seed=SETTINGS.seed, hashvalues=v, scheme="affine32") for v in stored]
+    for i, m in enumerate(lean):
+        lsh.insert(i, m)
+    expected = sorted({(min(i, j), max(i, j)) for i, m in enumerate(lean) for j in lsh.query(m) if i != j})
+    assert (lsh.b, lsh.r) == (bands, rows_per_band)
+    assert [tuple(p) for p in candidate_pairs(stored, bands, rows_per_band).tolist()] == expected
+    assert len(expected) > 100
+    # with a subset, the pairs among those rows, numbered within the subset
+    odd = np.arange(1, len(stored), 2)
+    expected_odd = [(i // 2, j // 2) for i, j in expected if i % 2 and j % 2]
+    assert [tuple(p) for p in candidate_pairs(stored, bands, rows_per_band, subset=odd).tolist()] == expected_odd
+
+
+# --- one file: `corpusmill dedup` ---------------------------------------------------------
+
+
+def test_dedup_file_keeps_rows_and_columns_and_adds_two(tmp_path):
+    texts = [PARAGRAPH, UNRELATED, PARAGRAPH.replace("timber", "stone"), "x", PARAGRAPH.upper()] + [
+        f"unique document number {i} about topic {i * 7}" for i in range(7)
+    ]
+    source = pa.table({"n": list(range(12)), "text": texts, "cluster_id": [0] * 12})
+    pq.write_table(source, tmp_path / "in.parquet")
+    report = dedup_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
+    out = pq.read_table(tmp_path / "out.parquet")
+    # an existing cluster_id column is replaced where it stood; keep is added at the end
+    assert out.schema.names == ["n", "text", "cluster_id", "keep"]
+    assert out.column("n").to_pylist() == list(range(12)) and out.column("text").to_pylist() == texts
+    assert out.schema.field("cluster_id").type == pa.string() and out.schema.field("keep").type == pa.bool_()
+    # ids are zero-padded positions: the first occurrence is kept
+    assert out.column("cluster_id").to_pylist()[:5] == ["00", "01", "00", "03", "00"]
+    assert out.column("keep").to_pylist() == [True, True, False, True, False] + [True] * 7
+    assert report["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
+
+
+def test_dedup_file_uses_id_and_synthetic_columns(tmp_path):
+    pq.write_table(
+        pa.table({"id": ["s1", "o9"], "body": [PARAGRAPH, PARAGRAPH], "synthetic": [True, False]}),
+        tmp_path / "in.parquet",
+    )
+    dedup_file(tmp_path / "in.parquet", tmp_path / "out.parquet", text_column="body")
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("cluster_id").to_pylist() == ["o9", "o9"] and out.column("keep").to_pylist() == [False, True]
+
+
+def test_dedup_file_names_file_and_column_when_text_is_missing(tmp_path):
+    pq.write_table(pa.table({"body": ["a"]}), tmp_path / "in.parquet")
+    with pytest.raises(ValueError, match=r"in\.parquet has no column 'text' \(its columns: body\)"):
+        dedup_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()

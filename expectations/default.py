@@ -22,6 +22,10 @@ from tasks.recipe import Recipe
 
 SUITE = "default"
 
+# The pandas dtype of each release column as the validate stage reads it (Arrow -> pandas 3):
+# 'str' for strings, 'int32', 'bool'. Derived, so it follows the schema when the schema changes.
+RELEASE_DTYPES: dict[str, str] = schema.RELEASE.empty_table().to_pandas().dtypes.astype(str).to_dict()
+
 
 @dataclass(frozen=True)
 class SuiteParams:
@@ -45,16 +49,27 @@ def _meta(why: str, critical: bool = True) -> dict:
 def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.ExpectationSuite:
     """The suite for one split's rows, named `default.<name>`.
 
-    With `empty=True` only the column list is checked: a tiny dataset may have a split with
-    no rows, where a mean (the synthetic share) is undefined and every row check is vacuous.
+    With `empty=True` only the columns and their types are checked: a tiny dataset may have a
+    split with no rows, where a mean (the synthetic share) is undefined and row checks are vacuous.
     """
-    schema_check = gxe.ExpectTableColumnsToMatchOrderedList(
-        column_list=list(params.columns),
-        meta=_meta("the split's columns must be the release schema, in order, so every split loads as one dataset"),
-    )
+    schema_checks = [
+        gxe.ExpectTableColumnsToMatchOrderedList(
+            column_list=list(params.columns),
+            meta=_meta("the split's columns must be the release schema, in order, so every split loads as one dataset"),
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeOfType(
+                column=column,
+                type_=RELEASE_DTYPES[column],
+                meta=_meta(f"{column} must have the release schema's type ({schema.RELEASE.field(column).type})"),
+            )
+            for column in params.columns
+            if column in RELEASE_DTYPES
+        ),
+    ]
     # The suite gets its expectations at construction: `add_expectation` needs an active context.
     if empty:
-        return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[schema_check])
+        return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=schema_checks)
 
     not_null = [
         gxe.ExpectColumnValuesToNotBeNull(
@@ -66,7 +81,7 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
         gxe.ExpectColumnValuesToNotBeNull(
             column=column,
             row_condition=Column("synthetic") == True,  # noqa: E712 (builds a GE condition, not a bool)
-            meta=_meta(f"a synthetic row must record its provenance: {column} is missing"),
+            meta=_meta(f"every synthetic row must record its provenance, including {column}"),
         )
         for column in ("parent_id", "generator", "prompt_id")
     ]
@@ -74,21 +89,18 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
         gxe.ExpectColumnValuesToNotMatchRegex(
             column="text",
             regex=pattern,
-            meta=_meta(f"no personal data: text matches the '{pattern_name}' pattern of tasks.pii"),
+            meta=_meta(f"no personal data: text must not match the '{pattern_name}' pattern of tasks.pii"),
         )
         for pattern_name, (pattern, _) in pii.PATTERNS.items()
     ]
     expectations = [
-        schema_check,
+        *schema_checks,
         *not_null,
         gxe.ExpectColumnValuesToBeUnique(
             column="id", meta=_meta("ids identify rows across rebuilds, diffs and lineage; a repeat makes them ambiguous")
         ),
         gxe.ExpectColumnValuesToBeUnique(
             column="text", meta=_meta("no duplicate texts: exact duplicates must have been removed by dedup")
-        ),
-        gxe.ExpectColumnValuesToBeOfType(
-            column="text", type_="str", meta=_meta("text must be strings (pandas dtype 'str' from an Arrow string column)")
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="n_tokens",

@@ -89,7 +89,7 @@ shard_task = dict(persist_result=True, retries=2, retry_delay_seconds=[2, 10], r
 
 @task(name="ingest", task_run_name="ingest-{unit.label}", cache_key_fn=content_key("ingest"), **shard_task)
 def ingest_unit(source, unit, out_dir: Path, quarantine_path: Path, shard_rows: int, fingerprint: str) -> dict:
-    return ingest.run(source, unit, out_dir, quarantine_path, shard_rows)
+    return ingest.run(source, unit, out_dir, quarantine_path, shard_rows, on_progress=lambda n: progress.advance("documents", n))
 
 
 @task(name="tokenize", task_run_name="tokenize-{in_path.name}", cache_key_fn=content_key("tokenize", ("in_path",)), **shard_task)
@@ -123,8 +123,8 @@ def assign_splits(clusters_path: Path, shard_paths: list[Path], out_path: Path, 
 
 @task(name="finalize", task_run_name="finalize-{shard_path.name}",
       cache_key_fn=content_key("finalize", ("shard_path", "assignments_path")), **shard_task)
-def finalize_shard(shard_path: Path, assignments_path: Path, out_path: Path) -> dict:
-    return split.finalize(shard_path, assignments_path, out_path)
+def finalize_shard(shard_path: Path, assignments_path: Path, out_path: Path, quarantine_path: Path) -> dict:
+    return split.finalize(shard_path, assignments_path, out_path, quarantine_path)
 
 
 def _gather(stage: str, futures: list) -> list[dict]:
@@ -165,6 +165,7 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
 
     # ingest: one task per input unit (a file, or a whole source)
     units = ingest.plan(recipe.sources)
+    progress.begin("documents", None)
     fingerprints = {u: ingest.unit_fingerprint(recipe.sources[u.source_index], u) for u in units}
     results = _gather("ingest", [
         ingest_unit.with_options(**cached).submit(
@@ -214,8 +215,8 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     reports["split"] = split_report
     _report_stage(recipe, split_report)
     final = [base / "final" / f"{p.parent.name}-{p.name}" for p in text_shards]
-    _gather("finalize", [finalize_shard.with_options(**cached).submit(p, assignments_path, out)
-                         for p, out in zip(text_shards, final)])
+    _gather("finalize", [finalize_shard.with_options(**cached).submit(
+        p, assignments_path, out, quarantine / f"final-{out.name}") for p, out in zip(text_shards, final)])
 
     return publish_release(recipe, final, target, reports, fingerprints, base)
 

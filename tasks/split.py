@@ -19,7 +19,7 @@ import xxhash
 
 from tasks import schema
 from tasks.recipe import Splits
-from tasks.shards import StageReport, read_table, write_table
+from tasks.shards import StageReport, dropped_table, read_table, write_table
 
 STAGE = "split"
 
@@ -146,14 +146,24 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
     return report.to_dict()
 
 
-def finalize(shard_path: Path, assignments_path: Path, out_path: Path) -> dict:
-    """Attach `cluster_id` and `split` to one shard's rows, keeping only assigned rows, in order."""
+def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantine_path: Path) -> dict:
+    """Attach `cluster_id` and `split` to one shard's rows, in order; rows without a split
+    (duplicates, over the synthetic cap) go to the quarantine with their reason."""
     shard = read_table(shard_path)
     assignments = read_table(assignments_path)
-    where = pc.index_in(shard.column("id"), value_set=assignments.column("id"))
-    matched = assignments.take(where)
+    matched = assignments.take(pc.index_in(shard.column("id"), value_set=assignments.column("id")))
     table = shard.append_column(schema.RELEASE.field("cluster_id"), matched.column("cluster_id"))
     table = table.append_column(pa.field("split", pa.string()), matched.column("split"))
-    table = table.filter(pc.is_valid(table.column("split")))
+    assigned = pc.is_valid(table.column("split"))
+    dropped = table.filter(pc.invert(assigned))
+    if dropped.num_rows:
+        reasons = matched.filter(pc.invert(assigned)).column("reason").to_pylist()
+        stages = ["split" if r == "synthetic_cap" else "dedup" for r in reasons]
+        rows = dropped.select(["id", "source", "text", "cluster_id"]).to_pylist()
+        write_table(dropped_table([
+            {"id": r["id"], "source": r["source"], "text": r["text"], "stage": stage, "reason": reason,
+             "detail": f"cluster {r['cluster_id']}"}
+            for r, stage, reason in zip(rows, stages, reasons)]), quarantine_path)
+    table = table.filter(assigned)
     write_table(table, out_path)
-    return {"rows": table.num_rows}
+    return {"rows": table.num_rows, "dropped": dropped.num_rows}

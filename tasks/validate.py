@@ -40,7 +40,13 @@ def read_split(paths: list[Path]) -> pd.DataFrame:
     """All rows of one split's Parquet files as one frame (0 rows, release columns, if none)."""
     if not paths:
         return schema.RELEASE.empty_table().to_pandas()
-    return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default").to_pandas()
+    try:
+        # No schema promotion: a column missing from one file would turn into nulls and hide.
+        table = pa.concat_tables([pq.read_table(p) for p in paths])
+    except pa.ArrowInvalid as e:
+        names = ", ".join(str(p) for p in paths)
+        raise ValueError(f"the files of one split ({names}) have different schemas; they must load as one table: {e}") from None
+    return table.to_pandas()
 
 
 def lineage_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -59,8 +65,9 @@ def lineage_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             parents = df.loc[df["synthetic"].eq(True), "parent_id"]
             parts.append(pd.DataFrame({"key": parents, "split": split}))
     long = pd.concat(parts, ignore_index=True).dropna(subset=["key"])
-    member = pd.crosstab(long["key"], long["split"]) > 0
-    out = pd.DataFrame(index=member.index.rename("key"))
+    # Key x split membership; `any` per group is vectorised, unlike crosstab's default count.
+    member = pd.get_dummies(long["split"], dtype=bool).groupby(long["key"], sort=True).any()
+    out = pd.DataFrame(index=member.index)
     out["n_splits"] = member.sum(axis=1).astype("int64")
     # Readable list of splits per key ("train+test"), in the order the splits were given.
     names = pd.Series("", index=member.index, dtype="str")
@@ -113,7 +120,7 @@ def _observed(result: dict, exception_info: dict | None) -> str:
             sample = [{k: _short(v) for k, v in row.items()} for row in sample]
         else:
             sample = [_short(v) for v in sample]
-        return f"{result['unexpected_count']} of {result['element_count']} rows unexpected, e.g. {sample[:SAMPLE]}"
+        return f"{result['unexpected_count']} unexpected of {result['element_count']} rows checked, e.g. {sample[:SAMPLE]}"
     observed = f"observed {_short(result.get('observed_value'))}"
     if result.get("details", {}).get("mismatched"):
         observed += f"; mismatched {result['details']['mismatched']}"

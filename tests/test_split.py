@@ -68,7 +68,9 @@ def test_assign_keeps_lineage_in_one_split_and_finalize_keeps_order(tmp_path):
     for name, counts in report["extra"]["rows"].items():
         assert counts["synthetic"] <= 0.2 * counts["rows"] + 1e-9
 
-    finalize(tmp_path / "a.parquet", tmp_path / "assign.parquet", tmp_path / "final.parquet")
+    finalize(tmp_path / "a.parquet", tmp_path / "assign.parquet", tmp_path / "final.parquet", tmp_path / "q.parquet")
+    assert read_table(tmp_path / "q.parquet").to_pylist()[0] | {"text": None} == {
+        "id": "o0001", "source": "s", "stage": "dedup", "reason": "near_duplicate", "detail": "cluster o0000", "text": None}
     final = read_table(tmp_path / "final.parquet")
     assert final.column("id").to_pylist() == [r["id"] for r in originals if r["id"] != "o0001"]
     assert set(final.column("split").to_pylist()) <= {"train", "validation", "test"}

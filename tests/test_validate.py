@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,13 +51,13 @@ def _valid_rows() -> dict[str, list[dict]]:
     }
 
 
-def _write(root: Path, rows: dict[str, list[dict]], drop: dict[str, str] | None = None) -> dict[str, list[Path]]:
-    """One Parquet file per split with the release schema; `drop` removes a column from a split."""
+def _write(root: Path, rows: dict[str, list[dict]], alter: dict[str, Callable[[pa.Table], pa.Table]] | None = None) -> dict[str, list[Path]]:
+    """One Parquet file per split with the release schema; `alter` rewrites a split's table first."""
     files = {}
     for split, split_rows in rows.items():
         table = pa.Table.from_pylist(split_rows, schema=schema.RELEASE)
-        if drop and split in drop:
-            table = table.drop_columns([drop[split]])
+        if alter and split in alter:
+            table = alter[split](table)
         path = root / "data" / f"{split}-00000-of-00001.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
@@ -170,17 +171,51 @@ def test_each_defect_is_a_critical_failure(tmp_path, defect, batch, expectation,
     assert hits[0]["why"] in message and summary["data_docs"] in message
 
 
-def test_missing_column_fails_the_schema_check(tmp_path):
-    files = _write(tmp_path, _valid_rows(), drop={"validation": "prompt_id"})
+def _drop_prompt_id(table: pa.Table) -> pa.Table:
+    return table.drop_columns(["prompt_id"])
+
+
+def _swap_columns(table: pa.Table) -> pa.Table:
+    names = table.column_names
+    return table.select([names[1], names[0], *names[2:]])
+
+
+def _int64_tokens(table: pa.Table) -> pa.Table:
+    return table.set_column(4, "n_tokens", table["n_tokens"].cast(pa.int64()))
+
+
+@pytest.mark.parametrize(
+    "alter, expectation, column, seen",
+    [
+        pytest.param(_drop_prompt_id, "expect_table_columns_to_match_ordered_list", None, "prompt_id", id="missing-column"),
+        pytest.param(_swap_columns, "expect_table_columns_to_match_ordered_list", None, "'Found': 'text'", id="column-order"),
+        pytest.param(_int64_tokens, "expect_column_values_to_be_of_type", "n_tokens", "int64", id="wrong-type"),
+    ],
+)
+def test_schema_defects_are_critical_failures(tmp_path, alter, expectation, column, seen):
+    files = _write(tmp_path, _valid_rows(), alter={"validation": alter})
     summary = validate_release(files, PARAMS, tmp_path / "validation")
 
     assert summary["success"] is False
-    (schema_failure,) = [f for f in summary["critical_failures"] if f["expectation"] == "expect_table_columns_to_match_ordered_list"]
-    assert schema_failure["batch"] == "validation" and schema_failure["column"] is None
-    assert "prompt_id" in schema_failure["observed"]
+    hits = [f for f in summary["critical_failures"] if f["expectation"] == expectation and f["column"] == column]
+    assert [f["batch"] for f in hits] == ["validation"], summary["critical_failures"]
+    assert seen in hits[0]["observed"]
+    assert expectation in format_failures(summary)
+
+
+def test_missing_column_is_reported_not_raised(tmp_path):
+    files = _write(tmp_path, _valid_rows(), alter={"validation": _drop_prompt_id})
+    summary = validate_release(files, PARAMS, tmp_path / "validation")
     # The provenance check on the missing column reports GE's error rather than crashing.
     assert any(f["column"] == "prompt_id" and "does not exist" in f["observed"] for f in summary["critical_failures"])
-    assert "expect_table_columns_to_match_ordered_list" in format_failures(summary)
+
+
+def test_files_of_one_split_must_share_a_schema(tmp_path):
+    files = _write(tmp_path, _valid_rows())
+    other = tmp_path / "data" / "train-extra.parquet"
+    pq.write_table(_drop_prompt_id(pa.Table.from_pylist([_row("train", 99)], schema=schema.RELEASE)), other)
+    with pytest.raises(ValueError, match="different schemas"):
+        validate_release({**files, "train": [*files["train"], other]}, PARAMS, tmp_path / "validation")
 
 
 def test_empty_split_passes(tmp_path):
@@ -209,9 +244,10 @@ def test_suite_covers_every_pii_pattern_and_marks_criticality():
     regexes = [e.regex for e in suite.expectations if e.expectation_type == "expect_column_values_to_not_match_regex"]
     assert regexes == [pattern for pattern, _ in pii.PATTERNS.values()]
     assert all(isinstance(e.meta["critical"], bool) and e.meta["why"] for e in suite.expectations + lineage_suite().expectations)
-    assert [e.expectation_type for e in split_suite(PARAMS, "test", empty=True).expectations] == [
-        "expect_table_columns_to_match_ordered_list"
-    ]
+    empty = split_suite(PARAMS, "test", empty=True).expectations
+    assert [e.expectation_type for e in empty] == ["expect_table_columns_to_match_ordered_list"] + [
+        "expect_column_values_to_be_of_type"
+    ] * len(schema.RELEASE)
 
 
 def test_lineage_frame_counts_splits_per_key():

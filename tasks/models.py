@@ -125,6 +125,9 @@ def load_causal_lm(ref: ModelRef, device: str = "auto"):
 @functools.lru_cache(maxsize=2)
 def _load_causal_lm(ref: ModelRef, device: str):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the pipeline shows its own progress
 
     resolved = resolve(ref)
     device_name, dtype = pick_device(device)

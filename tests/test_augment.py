@@ -65,7 +65,7 @@ def test_prompt_id_follows_content_not_layout(tmp_path):
     path.write_text("# a comment changes nothing\n\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
     assert load_templates(["paraphrase"], tmp_path)[0].prompt_id == packaged.prompt_id
 
-    path.write_text(path.read_text(encoding="utf-8").replace("Paraphrase the following", "Reword the following"), encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace("in different words", "in other words"), encoding="utf-8")
     [reworded] = load_templates(["paraphrase"], tmp_path)
     assert reworded.prompt_id != packaged.prompt_id
     assert reworded.prompt_id.startswith("paraphrase@")
@@ -158,7 +158,8 @@ SOURCE = (
             "Several members spoke about costs, others about schedules, one about the weather, and the chair closed "
             "by thanking the volunteers who keep the shelves in order and the lights on every evening of the week. "
             "Later still the treasurer wrote a long letter to the town explaining each of these choices in turn, "
-            "with tables of figures, a note on grants from the county, and an apology for the delay with the roof.",
+            "with tables of figures, a note on grants from the county, and an apology for the delay with the roof. "
+            "The letter was printed in the weekly paper, where readers argued about it for the rest of the month.",
             "too_long",
         ),
     ],
@@ -178,8 +179,9 @@ def test_quality_gate_passes_a_real_paraphrase():
 def test_quality_gate_edge_rules():
     # A phrase the source itself contains is not a refusal.
     source = "'I cannot explain myself, I'm afraid, sir,' said Alice, 'because I'm not myself, you see.'"
-    assert quality_gate(source, "Alice told the caterpillar that she cannot explain herself, since she is not herself.", GATES) is None
-    assert quality_gate(source, "I cannot explain myself, said Alice, for I am changed.", GATES) is None
+    carried_over = "I cannot explain myself, said Alice, for I am changed."
+    assert quality_gate(source, carried_over, GATES) is None
+    assert quality_gate(SOURCE, carried_over, GATES) == "refusal"
     # Texts too short for 5-grams are compared word by word.
     assert quality_gate("Rain fell today.", "rain fell today", QualityGates(min_chars=1)) == "copy_of_source"
     # Most specific reason wins: a short refusal is a refusal, a long loop is repetition.
@@ -191,8 +193,8 @@ def test_synthetic_id_is_stable_and_depends_on_every_part():
     a = augment.synthetic_id("p1", "paraphrase@abc", "m@sha256:1")
     assert re.fullmatch(r"[0-9a-f]{24}", a)
     assert a == augment.synthetic_id("p1", "paraphrase@abc", "m@sha256:1")
-    assert len({a, augment.synthetic_id("p2", "paraphrase@abc", "m@sha256:1"),
-                augment.synthetic_id("p1", "qa@abc", "m@sha256:1"), augment.synthetic_id("p1", "paraphrase@abc", "m@sha256:2")}) == 4
+    others = [("p2", "paraphrase@abc", "m@sha256:1"), ("p1", "qa@abc", "m@sha256:1"), ("p1", "paraphrase@abc", "m@sha256:2")]
+    assert len({a} | {augment.synthetic_id(*parts) for parts in others}) == 4
 
 
 # --- generation with the real model ----------------------------------------------------
@@ -217,6 +219,7 @@ def test_sampling_is_reproducible_from_the_seed(model):
     settings = Augment(max_new_tokens=16, batch_size=2, temperature=1.0, top_p=0.95)
     first = generate(SENTENCES[:2], paraphrase, settings, seed=11)
     assert first == generate(SENTENCES[:2], paraphrase, settings, seed=11)
+    assert first != generate(SENTENCES[:2], paraphrase, settings, seed=12)
 
 
 def test_generate_returns_outputs_in_input_order(model):
@@ -225,8 +228,11 @@ def test_generate_returns_outputs_in_input_order(model):
     progress: list[int] = []
     usage: dict = {}
     batched = generate(texts, paraphrase, Augment(max_new_tokens=24, batch_size=3), 0, progress.append, usage)
-    alone = [generate([t], paraphrase, Augment(max_new_tokens=24, batch_size=1), 0)[0] for t in texts]
     assert progress == [3] and 0 < usage["new_tokens"] <= 3 * 24
+    alone = []
+    for text in texts:
+        alone += generate([text], paraphrase, Augment(max_new_tokens=24, batch_size=1), 0, progress.append)
+    assert progress == [3, 1, 1, 1]  # rows finished per batch: increments, not a running total
 
     # Left padding changes the fp32 arithmetic of the shorter prompts, so a greedy continuation
     # may flip a late token on another CPU (on this one they were identical). Order is checked
@@ -259,7 +265,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         fraction=1.0,
         max_source_tokens=100,  # the long row is not augmented
         max_new_tokens=24,
-        batch_size=4,
+        batch_size=2,
         gates=QualityGates(min_chars=5, min_length_ratio=0.05),
     )
     out_path, quarantine = tmp_path / "augment" / "part-00000.parquet", tmp_path / "q" / "part-00000.parquet"
@@ -269,7 +275,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
     assert report["stage"] == "augment"
     assert report["extra"]["selected"] == report["rows_in"] == len(SENTENCES)
     assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
-    assert progress == [len(SENTENCES)]
+    assert progress == [2, 1]  # per batch of 2
     assert report["extra"]["new_tokens"] > 0 and report["extra"]["seconds"] > 0
     templates = {t.prompt_id for t in load_templates(["paraphrase", "qa"])}
     assert set(report["extra"]["prompt_ids"]) <= templates
@@ -303,13 +309,14 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
     assert all(t for t in dropped.column("text").to_pylist())
 
 
-def test_run_with_nothing_selected_writes_an_empty_shard(tmp_path):
+def test_run_with_nothing_selected_writes_an_empty_shard_and_no_quarantine(tmp_path):
     shard, _, _ = filter_rows(
         pa.table({"id": ["a"], "text": [SENTENCES[0]], "source": ["alice"], "license": ["public-domain"]}, schema=schema.INGEST),
         load_tokenizer(SMOLLM2),
         Filters(),
     )
     in_path = write_table(shard, tmp_path / "in.parquet")
+    (tmp_path / "q.parquet").write_bytes(b"left by an earlier run")
     report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", Augment(fraction=0.0), 1, SMOLLM2, Filters())
     assert (report["rows_in"], report["rows_out"], report["dropped"]) == (0, 0, {})
     assert read_table(tmp_path / "out.parquet").schema == schema.TOKENIZED

@@ -83,9 +83,10 @@ def generated_inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
     rng = random.Random(5)
     docs = [sentence_doc(rng, rng.randint(25, 45)) for _ in range(160)]
-    near = docs[0].split()
-    near[10] = "kaleidoscope"
-    docs += [docs[1].upper(), " ".join(near), f"Write to jane.doe@example.org about the {sentence_doc(rng, 30)}"]
+    long_doc = sentence_doc(rng, 90)
+    near = long_doc.split()
+    near[45] = "kaleidoscope"  # one word in 90: word 5-gram Jaccard about 0.9
+    docs += [long_doc, docs[1].upper(), " ".join(near), f"Write to jane.doe@example.org about the {sentence_doc(rng, 30)}"]
     lines = [json.dumps({"text": d}) for d in docs]
     lines[5:5] = ['{"text": "unterminated', json.dumps({"text": "   "}), json.dumps({"body": "no text key"})]
     encoded = [line.encode() for line in lines] + [b'{"text": "bad \xff\xfe bytes"}']
@@ -101,7 +102,7 @@ def generated_recipe(tmp_path: Path, inputs: Path, **changes) -> dict:
         "sources": [{"kind": "files", "name": "generated", "path": str(inputs / "part-*"), "format": "jsonl",
                      "license": "CC0-1.0"}],
         "filters": {"min_tokens": 8, "max_tokens": 512},
-        "augment": {"templates": ["paraphrase", "qa"], "fraction": 0.06, "max_new_tokens": 40, "batch_size": 8,
+        "augment": {"templates": ["paraphrase", "qa"], "fraction": 0.06, "max_new_tokens": 32, "batch_size": 8,
                     "max_synthetic_share": 0.3, "gates": {"min_length_ratio": 0.05, "min_chars": 10}},
         "dedup": {"threshold": 0.8},
         "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
@@ -117,7 +118,7 @@ def test_generated_release_end_to_end(tmp_path, generated_inputs):
     work = tmp_path / "work"
     out = CliRunner().invoke(app, ["run", str(recipe_path), "--work-dir", str(work)])
     assert out.exit_code == 0, out.output
-    release_dir = Path(out.output.strip().splitlines()[-1])
+    release_dir = Path(out.stdout.strip().splitlines()[-1])
     assert release_dir == tmp_path / "releases" / "gen-test" / "1.0.0"
     manifest = assert_release_contract(release_dir)
 

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,6 @@ from expectations.default import SuiteParams
 CACHE_VERSIONS = {"ingest": "1", "tokenize": "1", "augment": "1", "signatures": "1", "cluster": "1",
                   "assign": "1", "finalize": "1"}
 DEFAULT_WORK_DIR = "work"
-
-# One generation at a time per process: two concurrent generate() calls on one CPU or GPU
-# only fight over the same cores and memory.
-_generation_lock = threading.Lock()
 
 
 class ValidationFailed(CorpusmillError):
@@ -100,10 +95,9 @@ def tokenize_shard(in_path: Path, out_path: Path, quarantine_path: Path, tokeniz
 @task(name="augment", task_run_name="augment-{in_path.name}", tags=["gpu"],
       cache_key_fn=content_key("augment", ("in_path",)), **shard_task)
 def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings, seed: int, tokenizer_ref, filters,
-                  generator: str, tokenizer_identity: str) -> dict:
-    with _generation_lock:
-        return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
-                           on_progress=lambda n: progress.advance("generate", n))
+                  generator: str, tokenizer_identity: str, prompt_ids: list[str]) -> dict:
+    return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
+                       on_progress=lambda n: progress.advance("generate", n))
 
 
 @task(name="signatures", task_run_name="signatures-{in_path.name}", cache_key_fn=content_key("signatures", ("in_path",)), **shard_task)
@@ -185,13 +179,15 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     text_shards = list(tokenized)
     augment_futures = []
     if recipe.augment and recipe.augment.fraction > 0:
+        # Identities of the weights and the template texts: a changed file regenerates.
         generator = resolve(recipe.augment.model).identity
+        prompt_ids = [t.prompt_id for t in augment.load_templates(recipe.augment.templates)]
         augmented = [base / "augment" / s.name for s in shards]
         progress.begin("generate", None)
         augment_futures = [
             augment_shard.with_options(**cached).submit(
                 t, out, quarantine / f"augment-{t.name}", recipe.augment, recipe.seed, recipe.tokenizer, recipe.filters,
-                generator, tokenizer_identity, wait_for=[f])
+                generator, tokenizer_identity, prompt_ids, wait_for=[f])
             for t, out, f in zip(tokenized, augmented, tokenize_futures)]
         text_shards += augmented
     upstream = tokenize_futures + augment_futures

@@ -265,6 +265,10 @@ def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str
         jaccard = len(shingles & source_shingles) / len(shingles | source_shingles)
         if jaccard > gates.max_source_jaccard:
             return "copy_of_source", f"word 5-gram Jaccard {jaccard:.3f} > {gates.max_source_jaccard}"
+        # A truncated verbatim copy has a low Jaccard (it is shorter) but is mostly the source's own 5-grams.
+        contained = len(shingles & source_shingles) / len(shingles)
+        if contained > gates.max_source_containment:
+            return "copy_of_source", f"{contained:.3f} of word 5-grams copied from the source > {gates.max_source_containment}"
     elif words == source_words:  # under five words there are no 5-grams: compare the words themselves
         return "copy_of_source", "same words as the source"
 

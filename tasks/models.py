@@ -117,20 +117,20 @@ def pick_device(requested: str = "auto") -> tuple[str, "object"]:
 
 
 def load_causal_lm(ref: ModelRef, device: str = "auto"):
-    """(model, tokenizer, device) for generation, loaded once per process."""
+    """(model, tokenizer, device) for generation, loaded once per process and device."""
+    device_name, dtype = pick_device(device)
     with _load_lock:
-        return _load_causal_lm(ref, device)
+        return _load_causal_lm(ref, device_name, dtype)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_causal_lm(ref: ModelRef, device: str):
+def _load_causal_lm(ref: ModelRef, device_name: str, dtype):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the pipeline shows its own progress
 
     resolved = resolve(ref)
-    device_name, dtype = pick_device(device)
     tokenizer = _load_tokenizer(ref)
     model = AutoModelForCausalLM.from_pretrained(
         resolved.location, gguf_file=resolved.gguf_file, revision=resolved.revision, dtype=dtype

@@ -140,6 +140,9 @@ class QualityGates(Strict):
     max_length_ratio: float = Field(4.0, gt=0, description="generated/source characters, upper bound")
     max_repeated_ngram_ratio: float = Field(0.3, ge=0, le=1, description="share of repeated word 3-grams")
     max_source_jaccard: float = Field(0.9, ge=0, le=1, description="word 5-gram Jaccard with the source")
+    max_source_containment: float = Field(
+        0.8, ge=0, le=1, description="share of the generated word 5-grams found in the source (truncated copies)"
+    )
 
 
 class Augment(Strict):

@@ -164,6 +164,8 @@ def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantin
             {"id": r["id"], "source": r["source"], "text": r["text"], "stage": stage, "reason": reason,
              "detail": f"cluster {r['cluster_id']}"}
             for r, stage, reason in zip(rows, stages, reasons)]), quarantine_path)
+    else:
+        Path(quarantine_path).unlink(missing_ok=True)
     table = table.filter(assigned)
     write_table(table, out_path)
     return {"rows": table.num_rows, "dropped": dropped.num_rows}

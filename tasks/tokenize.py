@@ -79,5 +79,7 @@ def run(in_path: Path, out_path: Path, quarantine_path: Path, tokenizer_ref: Mod
     write_table(table, out_path)
     if dropped:
         write_table(dropped_table(dropped), quarantine_path)
+    else:
+        Path(quarantine_path).unlink(missing_ok=True)  # an earlier run's rejects must not linger
     report.extra["tokens"] = int(pc.sum(table.column("n_tokens")).as_py() or 0)
     return report.to_dict()

@@ -338,3 +338,10 @@ def test_generation_uses_bf16_on_cuda():
     outputs = generate(SENTENCES[:2], paraphrase, settings, 0)
     assert len(outputs) == 2 and all(outputs)
     assert outputs == generate(SENTENCES[:2], paraphrase, settings, 0)
+
+
+def test_truncated_copy_of_the_source_is_rejected():
+    source = ("The committee met on Tuesday to review the budget for the new library, and after a long "
+              "discussion about the roof, the windows and the heating they agreed to postpone the vote until spring.")
+    truncated = "The committee met on Tuesday to review the budget for the new library, and after a long discussion"
+    assert quality_gate(source, truncated, QualityGates(min_length_ratio=0.1)) == "copy_of_source"

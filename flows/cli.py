@@ -50,6 +50,9 @@ def run(
             target = flow(str(recipe), set_ or [], str(work_dir))
     except CorpusmillError as e:
         _fail(str(e))
+    except Exception as e:  # a bug, not bad input: one paragraph here, the traceback is in the log above
+        _fail(f"the run stopped on an unexpected {type(e).__name__}: {e}. Finished shards are cached in "
+              f"{work_dir}; rerunning resumes from them. Please report this with the log above.")
     typer.echo(target)
 
 

@@ -150,7 +150,7 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     unknown = sorted(set(split_files) - set(schema.SPLITS))
     if unknown:
         raise ValueError(f"unknown split names {unknown}; a release has splits {list(schema.SPLITS)}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # GE's Data Docs site refuses relative folders
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"
 

@@ -300,3 +300,11 @@ def test_params_from_recipe():
     assert SuiteParams.from_recipe(parse_recipe(base)) == SuiteParams(8, 512, 1.0)
     with_augment = parse_recipe({**base, "augment": {"max_synthetic_share": 0.25}})
     assert SuiteParams.from_recipe(with_augment).max_synthetic_share == 0.25
+
+
+def test_relative_report_folder_is_accepted(tmp_path, cwd):
+    # Recipes say `root: ./releases`; GE's Data Docs site itself only takes absolute folders.
+    files = _write(tmp_path, _valid_rows())
+    summary = validate_release(files, PARAMS, Path("rel") / "validation")
+    assert summary["success"] is True
+    assert (cwd / "rel" / "validation" / "data_docs" / "index.html").is_file()

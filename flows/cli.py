@@ -91,23 +91,29 @@ def dedup(
                f"{dropped.get('exact_duplicate', 0)} exact and {dropped.get('near_duplicate', 0)} near duplicates")
 
 
-@app.command()
-def serve() -> None:
-    """Serve the deployments in deployments/prefect.yaml from this process (no work pool needed)."""
+def served_deployments(path: Path = DEPLOYMENTS) -> list:
+    """The deployments of `path` as runner deployments of the release flow, schedules included."""
     import yaml
-    from prefect import serve as prefect_serve
+    from prefect.schedules import Cron
 
     from flows.release import release
 
-    spec = yaml.safe_load(DEPLOYMENTS.read_text(encoding="utf-8"))
-    deployments = [
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [
         release.to_deployment(
-            name=d["name"], description=d.get("description"), parameters=d.get("parameters", {}),
-            cron=(d.get("schedules") or [{}])[0].get("cron"), tags=d.get("tags"),
+            name=d["name"], description=d.get("description"), parameters=d.get("parameters", {}), tags=d.get("tags"),
+            schedules=[Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in d.get("schedules", [])],
         )
         for d in spec["deployments"]
     ]
-    prefect_serve(*deployments)
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments in deployments/prefect.yaml from this process (no work pool needed)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*served_deployments())
 
 
 @app.command()

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tasks import schema
+from tasks.dedup import jaccard, shingles
 from tasks.models import load_causal_lm, load_tokenizer, resolve
 from tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from tasks.shards import StageReport, dropped_table, read_table, write_table
@@ -259,19 +260,19 @@ def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str
         if phrase not in folded_source:
             return "refusal", f"contains {phrase!r}"
 
-    words, source_words = _WORD.findall(folded), _WORD.findall(folded_source)
-    shingles, source_shingles = set(_ngrams(words, 5)), set(_ngrams(source_words, 5))
-    if shingles and source_shingles:
-        jaccard = len(shingles & source_shingles) / len(shingles | source_shingles)
-        if jaccard > gates.max_source_jaccard:
-            return "copy_of_source", f"word 5-gram Jaccard {jaccard:.3f} > {gates.max_source_jaccard}"
+    # The same word 5-grams and Jaccard as dedup, so "copy of the source" and "near duplicate" agree;
+    # a text under five words is one shingle, so it is a copy exactly when it has the same words.
+    generated_shingles, source_shingles = shingles(text, 5), shingles(source, 5)
+    if generated_shingles and source_shingles:
+        similarity = jaccard(generated_shingles, source_shingles)
+        if similarity > gates.max_source_jaccard:
+            return "copy_of_source", f"word 5-gram Jaccard {similarity:.3f} > {gates.max_source_jaccard}"
         # A truncated verbatim copy has a low Jaccard (it is shorter) but is mostly the source's own 5-grams.
-        contained = len(shingles & source_shingles) / len(shingles)
+        contained = len(generated_shingles & source_shingles) / len(generated_shingles)
         if contained > gates.max_source_containment:
             return "copy_of_source", f"{contained:.3f} of word 5-grams copied from the source > {gates.max_source_containment}"
-    elif words == source_words:  # under five words there are no 5-grams: compare the words themselves
-        return "copy_of_source", "same words as the source"
 
+    words = _WORD.findall(folded)
     trigrams = _ngrams(words, 3)
     if trigrams:
         repeated = 1 - len(set(trigrams)) / len(trigrams)

@@ -144,8 +144,10 @@ def test_generated_release_end_to_end(tmp_path, generated_inputs):
     with pytest.raises(ReleaseExists, match="immutable"):
         release(str(recipe_path), [], str(work))
 
-    # a new version of the same recipe: every shard comes from cache, the data bytes are identical
+    # a new version of the same recipe: every shard comes from cache (no file rewritten), the data bytes are identical
+    stage_files = {p: p.stat().st_mtime_ns for p in (work / "gen-test").rglob("*.parquet")}
     second = Path(release(str(recipe_path), ["version=1.0.1"], str(work)))
+    assert {p: p.stat().st_mtime_ns for p in (work / "gen-test").rglob("*.parquet")} == stage_files
     manifest2 = json.loads((second / "manifest.json").read_text())
     assert manifest2["fingerprint"] == manifest["fingerprint"]
     assert [f["sha256"] for f in manifest2["files"]] == [f["sha256"] for f in manifest["files"]]

@@ -89,7 +89,8 @@ def test_jaccard_on_sets_and_sorted_arrays():
     as_array = lambda s: np.array(sorted(s), dtype=np.uint64)  # noqa: E731
     assert jaccard(as_array(a), as_array(b)) == jaccard(a, b)
     p, q = PARAGRAPH, PARAGRAPH.replace("timber", "stone")
-    assert jaccard(dedup._fingerprint(p, 5), dedup._fingerprint(q, 5)) == jaccard(shingles(p, 5), shingles(q, 5))
+    sets = lambda t: np.unique(dedup.features([t], 5)[1])  # noqa: E731  (64-bit shingle hashes, as verified)
+    assert jaccard(sets(p), sets(q)) == jaccard(shingles(p, 5), shingles(q, 5))
 
 
 def test_union_find_joins_transitively():
@@ -108,7 +109,9 @@ def test_signature_side_file_is_compact_and_datasketch_compatible(tmp_path):
     shard = write_table(pa.table({"id": ["d", "c", "b", "a"], "text": texts}), tmp_path / "part.parquet")
     assert signatures(shard, tmp_path / "sig.parquet", SETTINGS) == {"rows": 4}
     side = read_table(tmp_path / "sig.parquet")
-    assert side.schema.names == ["row", "id", "synthetic", "text_hash", "signature"]
+    bands, rows = dedup.lsh_params(SETTINGS)
+    assert side.schema.names == ["row", "id", "synthetic", "text_hash", "shingles", "signature"] + [
+        dedup.band_column(k) for k in range(bands)]
     assert side.schema.field("signature").type == pa.list_(pa.uint32(), SETTINGS.num_perm)
     assert side.column("row").to_pylist() == [0, 1, 2, 3]
     assert side.column("synthetic").to_pylist() == [False] * 4  # no synthetic column in the shard
@@ -116,9 +119,13 @@ def test_signature_side_file_is_compact_and_datasketch_compatible(tmp_path):
 
     stored = np.array(side.column("signature").to_pylist(), dtype=np.uint32)
     for text, values in zip(texts, stored):
-        direct = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed)  # datasketch 2.0 default scheme
+        # datasketch 2.0's default scheme with corpusmill's shingle hash: bit-for-bit equal
+        direct = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed, hashfunc=dedup.shingle_hash32)
         direct.update_batch(shingles(text, SETTINGS.ngram))
-        assert np.array_equal(direct.hashvalues, values)
+        assert direct.scheme == "affine32" and np.array_equal(direct.hashvalues, values)
+    assert side.column("shingles").to_pylist() == [len(shingles(t, SETTINGS.ngram)) for t in texts]
+    keys = dedup.band_keys(stored, bands, rows)
+    assert side.column(dedup.band_column(3)).to_pylist() == keys[:, 3].tolist()
     lean = LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")
     assert lean.jaccard(LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")) == 1.0
     assert (stored[2] == dedup.EMPTY_SLOT).all()  # empty text: no shingles
@@ -174,7 +181,8 @@ def test_planted_near_duplicate_is_clustered_and_unrelated_text_is_not(tmp_path)
     assert out["a"]["keep"] and out["a"]["cluster_id"] == "a"
     assert out["c"] == {"id": "c", "cluster_id": "c", "keep": True, "reason": None}
     extra = report["extra"]
-    assert (extra["bands"], extra["rows_per_band"]) == (9, 13)
+    assert (extra["bands"], extra["rows_per_band"]) == dedup.lsh_params(SETTINGS) == (18, 7)
+    assert extra["s_curve"]["recall_at_threshold"] >= SETTINGS.recall_target
     assert (extra["verified_pairs"], extra["clusters"], extra["largest_cluster"]) == (1, 1, 2)
     assert [(e["a"], e["b"]) for e in extra["examples"]] == [("a", "b")]
     assert extra["examples"][0]["jaccard"] == round(jaccard(shingles(PARAGRAPH, 5), shingles(near, 5)), 4)
@@ -314,7 +322,7 @@ def test_numpy_banding_finds_what_datasketch_lsh_finds(alice, tmp_path):
     signatures(shard, tmp_path / "sig.parquet", SETTINGS)
     stored = np.array(read_table(tmp_path / "sig.parquet").column("signature").to_pylist(), dtype=np.uint32)
     bands, rows_per_band = dedup.lsh_params(SETTINGS)
-    lsh = MinHashLSH(threshold=SETTINGS.threshold, num_perm=SETTINGS.num_perm)
+    lsh = MinHashLSH(num_perm=SETTINGS.num_perm, params=(bands, rows_per_band))
     lean = [LeanMinHash(seed=SETTINGS.seed, hashvalues=v, scheme="affine32") for v in stored]
     for i, m in enumerate(lean):
         lsh.insert(i, m)
@@ -364,3 +372,62 @@ def test_dedup_file_names_file_and_column_when_text_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"in\.parquet has no column 'text' \(its columns: body\)"):
         dedup_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
+
+
+# --- vectorised features, banding choice, band tasks, the cluster cap ----------------------
+
+
+def test_vectorised_features_equal_the_per_text_reference():
+    texts = ["The cat, the CAT!  sat.", "Hello,   World", "", " ... !! ", None, "Straße eins zwei", "STRASSE EINS ZWEI",
+             "ﬁne İstanbul ΣΊΣΥΦΟΣ ς end", "日本語のテキスト　全角\u00a0nbsp\u2003em 😀 𝔘𝔫𝔦", PARAGRAPH, "a b c d"]
+    for ngram in (1, 3, 5):
+        hashes, shingle, counts = dedup.features(texts, ngram)
+        offsets = np.r_[0, np.cumsum(counts)]
+        for i, text in enumerate(texts):
+            text = text or ""
+            assert hashes[i] == dedup.text_hash(text)
+            assert set(shingle[offsets[i] : offsets[i + 1]].tolist()) == {dedup.shingle_hash64(s) for s in shingles(text, ngram)}
+    assert dedup.text_hash("Straße  eins") == dedup.text_hash("STRASSE eins") != dedup.text_hash("strasse eins!")
+
+
+def test_banding_reaches_the_recall_target_with_fewest_false_candidates():
+    for threshold, target in ((0.8, 0.98), (0.7, 0.95), (0.9, 0.99)):
+        settings = Dedup(threshold=threshold, recall_target=target)
+        bands, rows = dedup.lsh_params(settings)
+        assert bands * rows <= settings.num_perm
+        assert dedup.collision_probability(threshold, bands, rows) >= target
+        # one more row per band (fewer false candidates) would miss the target
+        assert dedup.collision_probability(threshold, settings.num_perm // (rows + 1), rows + 1) < target
+    curve = dedup.s_curve(SETTINGS)["curve"]
+    assert [p["p_candidate"] for p in curve] == sorted(p["p_candidate"] for p in curve)
+
+
+def test_band_tasks_give_the_same_clusters_as_one_process(tmp_path):
+    rows = corpus()
+    one, report = run(tmp_path / "one", rows, n_shards=2)
+    sides = sorted((tmp_path / "one").glob("sig-*.parquet"))
+    shards = sorted((tmp_path / "one").glob("part-*.parquet"))
+    bands, _ = dedup.lsh_params(SETTINGS)
+    pair_paths = [tmp_path / f"band-{k}.parquet" for k in range(bands)]
+    found = [dedup.band_pairs(sides, k, p, SETTINGS)["pairs"] for k, p in enumerate(pair_paths)]
+    assert sum(found) >= report["extra"]["candidate_pairs"] > 0
+    # a tiny verification budget: one block per shard, same result
+    again = cluster(list(zip(sides, shards)), tmp_path / "c.parquet", SETTINGS, pair_paths=pair_paths, memory_budget=1)
+    assert again == report and read_table(tmp_path / "c.parquet").to_pylist() == sorted(one.values(), key=lambda r: r["id"])
+
+
+def test_cluster_cap_stops_chaining_and_is_reported(tmp_path):
+    """Eight texts, each one word away from the next: a chain of verified pairs. With a cap
+    of 3 distinct texts per cluster the chain is cut, most similar pairs joined first."""
+    words = random_words(random.Random(4), 400, "w")
+    texts = [words]
+    for step in range(7):
+        texts.append(changed(texts[-1], [30 + 50 * step], f"s{step}"))
+    rows = [{"id": f"{i}", "text": " ".join(t)} for i, t in enumerate(texts)]
+    out, report = run(tmp_path / "free", rows)
+    assert len(members(out)) == 1 and report["extra"]["refused_by_cap"] == 0
+    capped, report = run(tmp_path / "cap", rows, settings=Dedup(max_cluster_size=3))
+    sizes = sorted(len(m) for m in members(capped).values())
+    assert max(sizes) <= 3 and sum(sizes) == 8 and report["extra"]["refused_by_cap"] > 0
+    assert report["extra"]["largest_cluster"] == max(sizes) and sum(
+        report["extra"]["cluster_sizes"].values()) == len(sizes)

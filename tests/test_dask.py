@@ -1,0 +1,126 @@
+"""The dedup stage's band and cluster tasks on a real local Dask cluster (a scheduler and
+two worker processes on loopback) against a real Prefect server: the same clusters as the
+thread-pool runner."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("distributed", reason="the Dask test needs `pip install -e '.[dask]'` (distributed)")
+pytest.importorskip("prefect_dask", reason="the Dask test needs `pip install -e '.[dask]'` (prefect-dask)")
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.skip(f"the Prefect server did not start: {(home / 'server.log').read_text()[-500:]}")
+            time.sleep(1)
+    yield url
+    # Prefect's log and event workers are process-wide and still point at this server:
+    # drain them before stopping it, as prefect_test_harness does, or later flows in this
+    # test session hang sending to a dead address.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all()
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def _rows() -> list[dict]:
+    rng = random.Random(9)
+    rows = []
+    for g in range(40):
+        words = [f"g{g}w{i}x{rng.randrange(10**6)}" for i in range(200)]
+        for v in range(1 + g % 3):
+            text = list(words)
+            if v:
+                text[20 * v] = f"changed{v}"
+            rows.append({"id": f"{rng.randrange(10**6):06d}-{g}-{v}", "text": " ".join(text), "synthetic": v == 2})
+    return rows
+
+
+def _run(runner, shards: list[Path], work: Path, url: str) -> list[dict]:
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import release
+    from tasks.recipe import Dedup
+    from tasks.shards import read_table
+
+    settings = Dedup()
+
+    @flow(name="dedup-scale-out", task_runner=runner)
+    def dedup_flow() -> dict:
+        cached = dict(result_storage=work / ".results")
+        sides = [work / f"sig-{p.name}" for p in shards]
+        futures = [release.signature_shard.with_options(**cached).submit(p, s, settings) for p, s in zip(shards, sides)]
+        [f.result() for f in futures]
+        return release.dedup_stage(sides, shards, work, settings, cached)
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        report = dedup_flow()
+    assert report["rows_in"] == sum(read_table(p).num_rows for p in shards)
+    return read_table(work / "clusters.parquet").to_pylist()
+
+
+def test_dask_cluster_gives_the_same_clusters_as_threads(prefect_server, tmp_path):
+    from distributed import LocalCluster
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.shards import write_table
+
+    rows = _rows()
+    shards = [write_table(pa.Table.from_pylist(rows[k::3]), tmp_path / "in" / f"part-{k:05d}.parquet") for k in range(3)]
+    threads = _run(ThreadPoolTaskRunner(max_workers=2), shards, tmp_path / "threads", prefect_server)
+
+    os.environ["PREFECT_API_URL"] = prefect_server  # the worker processes inherit it
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster:
+            dask = _run(DaskTaskRunner(address=cluster.scheduler_address), shards, tmp_path / "dask", prefect_server)
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+    assert dask == threads
+    assert sum(1 for r in threads if not r["keep"]) == sum(g % 3 for g in range(40))

@@ -1,9 +1,11 @@
 """Augment stage: synthetic rows generated from source rows by an LLM, gated, then filtered.
 
 Per shard: choose rows by a hash of (seed, id) -> give each one prompt template -> generate
-in length-sorted batches -> quality gates -> the tokenize stage's PII and length filters ->
-write the surviving synthetic rows with their provenance; every rejected generation goes to
-the quarantine with its reason. The synthetic share cap is applied later, across shards.
+with `tasks.generation` (length-sorted, token-budget batches, checkpointed batch by batch;
+transformers, vLLM or an OpenAI-compatible endpoint) -> quality gates -> the tokenize
+stage's PII and length filters -> write the surviving synthetic rows with their provenance;
+every rejected generation goes to the quarantine with its reason. The synthetic share cap
+is applied later, across shards.
 
 Prompt templates are data: YAML files in `tasks/prompts/` (id, description, optional
 system, user with `{text}`). A template's `prompt_id` carries a hash of its content, so a
@@ -15,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tasks import schema
 from tasks.dedup import jaccard, shingles
-from tasks.models import load_causal_lm, load_tokenizer, resolve
+from tasks.generation import Generation, generate_all, generator_identity
+from tasks.models import load_tokenizer
 from tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from tasks.shards import StageReport, dropped_table, read_table, write_table
 from tasks.tokenize import filter_rows
@@ -134,17 +136,37 @@ def assign_templates(ids: Sequence[str], templates: Sequence[PromptTemplate], se
 
 
 # --- generation ------------------------------------------------------------------------
-
-# One generation at a time per process: the seeded sampling uses torch's global RNG, and two
-# shard tasks generating at once on a CPU only fight over the same cores.
-_generate_lock = threading.Lock()
+# The engine (batching by token budget, stop sequences, finish reasons, checkpoints and the
+# backends) lives in `tasks.generation`; these wrappers keep the augment stage's interface.
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+def generate_detailed(
+    texts: Sequence[str],
+    templates: PromptTemplate | Sequence[PromptTemplate],
+    settings: Augment,
+    seed: int,
+    on_progress: Callable[[int], None] | None = None,
+    usage: dict | None = None,
+    checkpoint_path: Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Generation]:
+    """One `Generation` (text, finish_reason, new_tokens) per source text, in the order given.
+
+    `templates` is one template for all texts or one per text. Prompts are sorted by token
+    length (longest first) and batched by `settings.batch_tokens` (at most
+    `settings.batch_size` rows), so padding stays small; greedy when
+    `settings.temperature == 0`, else sampling seeded per batch, so a rerun on the same
+    device gives the same text. `on_progress(n)` is called after each batch with the rows
+    it finished (an increment, as a progress bar's advance takes); `usage`, if given,
+    receives `prompt_tokens` and `new_tokens`. With `checkpoint_path`, finished batches are
+    appended there and reused by a rerun (see `tasks.generation`).
+    """
+    if isinstance(templates, PromptTemplate):
+        templates = [templates] * len(texts)
+    if len(templates) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
+    messages = [t.messages(x) for x, t in zip(texts, templates)]
+    return generate_all(messages, settings, seed, on_progress, usage, checkpoint_path, on_batch=on_batch)
 
 
 def generate(
@@ -155,75 +177,8 @@ def generate(
     on_progress: Callable[[int], None] | None = None,
     usage: dict | None = None,
 ) -> list[str]:
-    """One generated text per source text, in the order given.
-
-    `templates` is one template for all texts or one per text. Prompts are sorted by token
-    length (longest first) and batched, so padding stays small; greedy when
-    `settings.temperature == 0`, else sampling seeded per batch, so a rerun on the same
-    device gives the same text. `on_progress(n)` is called after each batch with the rows
-    it finished (an increment, as a progress bar's advance takes); `usage`, if given,
-    receives `prompt_tokens` and `new_tokens`.
-    """
-    if isinstance(templates, PromptTemplate):
-        templates = [templates] * len(texts)
-    if len(templates) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
-    if usage is not None:
-        usage.update(prompt_tokens=0, new_tokens=0)
-    if not texts:
-        return []
-
-    import torch
-
-    model, tokenizer, device = load_causal_lm(settings.model, settings.device)
-    rendered = [
-        tokenizer.apply_chat_template(t.messages(x), tokenize=False, add_generation_prompt=True)
-        for x, t in zip(texts, templates)
-    ]
-    # The chat template already wrote the special tokens.
-    encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    # Longest first: similar lengths share a batch (little padding), and a batch too large
-    # for the device fails on the first batch rather than after hours.
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = _stop_ids(model, tokenizer)
-    sampling = settings.temperature > 0
-    options = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop))
-    if sampling:
-        # top_k=0 turns off transformers' default top-k, so temperature and top_p are the whole rule.
-        options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
-    else:
-        options.update(do_sample=False)
-
-    outputs = [""] * len(texts)
-    with _generate_lock, torch.inference_mode():
-        for b, start in enumerate(range(0, len(order), settings.batch_size)):
-            batch = order[start : start + settings.batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            # Left padding, since a decoder-only model continues from each row's last position.
-            # Built here rather than by tokenizer.pad: the shared tokenizer's padding_side stays
-            # untouched, and models without a pad token (Llama 3, Mistral) pad with eos.
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
-                attention[row, width - len(encoded[i]) :] = 1
-            if sampling:
-                # Seeded from the batch's own first prompt as well as its index, so shards do not
-                # all replay the same random stream.
-                torch.manual_seed(xxhash.xxh3_64_intdigest(f"{seed}\x1f{b}\x1f{rendered[batch[0]]}".encode("utf-8")) >> 1)
-            result = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
-            new = result[:, width:].cpu().tolist()
-            for row, i in enumerate(batch):
-                end = next((k + 1 for k, t in enumerate(new[row]) if t in stop), len(new[row]))
-                produced = new[row][:end]  # up to the first stop token; the rest is padding
-                outputs[i] = tokenizer.decode(produced, skip_special_tokens=True).strip()
-                if usage is not None:
-                    usage["prompt_tokens"] += len(encoded[i])
-                    usage["new_tokens"] += len(produced)
-            if on_progress is not None:
-                on_progress(len(batch))
-    return outputs
+    """One generated text per source text, in the order given (see `generate_detailed`)."""
+    return [g.text for g in generate_detailed(texts, templates, settings, seed, on_progress, usage)]
 
 
 # --- quality gates ---------------------------------------------------------------------
@@ -235,6 +190,31 @@ REFUSAL = re.compile(
 _WORD = re.compile(r"\w+")
 
 
+# The commonest English function words: English prose is ~40-60% these, other languages
+# written in Latin letters under ~10% (a few shared spellings: "a", "an", "die", "in").
+ENGLISH_STOPWORDS = frozenset(
+    "a about above after again against all am an and any are as at be because been before being below between both"
+    " but by can could did do does doing down during each few for from further had has have having he her here hers"
+    " herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on"
+    " once only or other our ours out over own same she should so some such than that the their theirs them"
+    " themselves then there these they this those through to too under until up very was we were what when where"
+    " which while who whom why will with would you your yours yourself".split()
+)
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def english_share(text: str) -> tuple[float, int]:
+    """(share of words that are English stopwords, number of words): a cheap language check."""
+    words = _LETTERS.findall(text.lower())
+    return sum(w in ENGLISH_STOPWORDS for w in words) / max(len(words), 1), len(words)
+
+
+def is_english(text: str) -> bool | None:
+    """True or False when the text is long enough to tell, else None."""
+    share, n = english_share(text)
+    return None if n < 8 else share >= 0.25
+
+
 def _fold(text: str) -> str:
     return text.lower().replace("\u2019", "'")
 
@@ -243,13 +223,17 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
-def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str, str] | None:
+def check_quality(
+    source: str, generated: str, gates: QualityGates, finish_reason: str | None = None
+) -> tuple[str, str] | None:
     """The first gate `generated` fails, as (reason, detail), or None when it passes.
 
     Checked most specific first, so a rejection names its cause rather than a symptom:
-    empty, refusal, copy_of_source, repetition, too_short, too_long. A refusal is usually
-    also short, and a looping generation is usually also too long: the length gates come
-    last because a length alone explains least.
+    empty, refusal, wrong_language, copy_of_source, repetition, truncated, too_short, too_long. A refusal is
+    usually also short, and a looping generation usually also runs into max_new_tokens: the
+    truncation and length gates come last because they explain least. `finish_reason`
+    "length" (the generation hit max_new_tokens) fails `truncated` unless
+    `gates.allow_truncated`.
     """
     text = generated.strip()
     if not text:
@@ -259,6 +243,12 @@ def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str
         # A phrase the source itself contains was carried over, not refused: novels say "I cannot" too.
         if phrase not in folded_source:
             return "refusal", f"contains {phrase!r}"
+
+    if gates.check_language and is_english(source):
+        # Lenient on the output side (under 12% where English prose has 40%+), so terse English passes.
+        share, n = english_share(text)
+        if n >= 5 and share < 0.12:
+            return "wrong_language", f"source is English, output is not ({share:.2f} English stopwords)"
 
     # The same word 5-grams and Jaccard as dedup, so "copy of the source" and "near duplicate" agree;
     # a text under five words is one shingle, so it is a copy exactly when it has the same words.
@@ -279,6 +269,9 @@ def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str
         if repeated > gates.max_repeated_ngram_ratio:
             return "repetition", f"{repeated:.3f} of word 3-grams repeated > {gates.max_repeated_ngram_ratio}"
 
+    if finish_reason == "length" and not gates.allow_truncated:
+        return "truncated", "hit max_new_tokens before an end-of-sequence token or stop sequence"
+
     ratio = len(text) / max(len(source.strip()), 1)
     if len(text) < gates.min_chars:
         return "too_short", f"{len(text)} characters < {gates.min_chars}"
@@ -289,9 +282,9 @@ def check_quality(source: str, generated: str, gates: QualityGates) -> tuple[str
     return None
 
 
-def quality_gate(source: str, generated: str, gates: QualityGates) -> str | None:
+def quality_gate(source: str, generated: str, gates: QualityGates, finish_reason: str | None = None) -> str | None:
     """The reason `generated` is rejected, or None when it is kept (see `check_quality`)."""
-    failed = check_quality(source, generated, gates)
+    failed = check_quality(source, generated, gates, finish_reason)
     return failed[0] if failed else None
 
 
@@ -312,10 +305,17 @@ def run(
     tokenizer_ref: ModelRef,
     filters: Filters,
     on_progress: Callable[[int], None] | None = None,
+    checkpoint_path: Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Augment one tokenized shard: synthetic rows (TOKENIZED schema) to `out_path`, always
     written, even empty; rejected generations to `quarantine_path` when there are any.
 
+    Finished batches are appended to `checkpoint_path` (default: `<out dir>/checkpoints/
+    <shard>.jsonl`), so a crash loses at most the batch in flight and a rerun reuses the
+    rest. `on_start(rows)` is called once with the number of rows to generate,
+    `on_batch(rows, new_tokens)` after each generated batch.
     The report counts generated candidates as `rows_in`, so rows_in == rows_out + sum(dropped).
     """
     table = read_table(in_path)
@@ -325,15 +325,22 @@ def run(
     parents = table.take(pa.array(picked, pa.int64())).select(["id", "text", "source", "license"]).to_pylist()
     templates = assign_templates([p["id"] for p in parents], load_templates(settings.templates), seed)
 
+    if checkpoint_path is None:
+        checkpoint_path = Path(out_path).parent / "checkpoints" / f"{Path(out_path).stem}.jsonl"
+    if on_start is not None:
+        on_start(len(parents))
     usage: dict = {}
     started = time.perf_counter()
-    outputs = generate([p["text"] for p in parents], templates, settings, seed, on_progress, usage)
+    outputs = generate_detailed(
+        [p["text"] for p in parents], templates, settings, seed, on_progress, usage, checkpoint_path, on_batch
+    )
     seconds = time.perf_counter() - started
 
-    generator = resolve(settings.model).identity
+    generator = generator_identity(settings)
     report = StageReport(STAGE, rows_in=len(parents))
     candidates, dropped = [], []
-    for parent, template, text in zip(parents, templates, outputs):
+    for parent, template, generation in zip(parents, templates, outputs):
+        text = generation.text
         row = {
             "id": synthetic_id(parent["id"], template.prompt_id, generator),
             "text": text,
@@ -344,7 +351,7 @@ def run(
             "generator": generator,
             "prompt_id": template.prompt_id,
         }
-        failed = check_quality(parent["text"], text, settings.gates)
+        failed = check_quality(parent["text"], text, settings.gates, generation.finish_reason)
         if failed:
             reason, detail = failed
             dropped.append(
@@ -379,6 +386,8 @@ def run(
     report.extra.update(
         selected=len(picked),
         new_tokens=usage["new_tokens"],
+        reused=usage["reused"],
+        finish_reasons=dict(sorted(Counter(g.finish_reason for g in outputs).items())),
         seconds=round(seconds, 3),
         tokens=int(pc.sum(kept.column("n_tokens")).as_py() or 0),
         prompt_ids={

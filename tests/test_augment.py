@@ -13,6 +13,7 @@ import shutil
 import pyarrow as pa
 import pytest
 
+from samples import ALICE
 from tasks import augment, schema
 from tasks.augment import (
     PromptTemplate,
@@ -30,14 +31,7 @@ from tasks.tokenize import filter_rows
 SMOLLM2 = ModelRef(gguf="smollm2")
 GATES = QualityGates()
 
-# Real sentences (Lewis Carroll, Alice's Adventures in Wonderland, public domain).
-SENTENCES = [
-    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.",
-    "So she was considering in her own mind whether the pleasure of making a daisy-chain would be worth the "
-    "trouble of getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her.",
-    "There was nothing so very remarkable in that; nor did Alice think it so very much out of the way to hear "
-    "the Rabbit say to itself, Oh dear! Oh dear! I shall be late!",
-]
+SENTENCES = ALICE
 
 
 # --- templates -------------------------------------------------------------------------
@@ -80,7 +74,7 @@ def test_template_messages_insert_text_verbatim():
 
 
 def test_unknown_or_invalid_template_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown prompt template 'poem'.*paraphrase, qa, summary"):
+    with pytest.raises(ValueError, match=r"unknown prompt template 'poem'.*paraphrase, qa, style, summary"):
         load_templates(["paraphrase", "poem"])
     with pytest.raises(ValueError, match="twice"):
         load_templates(["qa", "qa"])

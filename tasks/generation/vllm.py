@@ -1,0 +1,65 @@
+"""The vLLM backend (CUDA machines): continuous batching inside vLLM; our batches only set
+the checkpoint granularity. Import-gated: vLLM is not a dependency of corpusmill."""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+from tasks.errors import CorpusmillError
+from tasks.generation import Generation, Messages, Prepared, cut_at_stop
+from tasks.models import load_tokenizer, resolve
+
+INSTALL_HINT = "augment.backend 'vllm' needs the vllm package: pip install vllm on a CUDA machine (or use backend: transformers)"
+
+
+def import_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise CorpusmillError(f"{INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+@functools.lru_cache(maxsize=1)
+def _engine(ref):
+    vllm = import_vllm()
+    resolved = resolve(ref)
+    if resolved.gguf_file:
+        # vLLM reads a GGUF file directly, with the tokenizer of the original model.
+        model = f"{resolved.location}/{resolved.gguf_file}"
+        return vllm.LLM(model=model, tokenizer=resolved.identity.split("@")[0], seed=0)
+    return vllm.LLM(model=resolved.location, revision=resolved.revision, seed=0)
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, settings):
+        import_vllm()
+        self.settings = settings
+        self.tokenizer = load_tokenizer(settings.model)
+        self.llm = _engine(settings.model)
+
+    def prepare(self, messages: Sequence[Messages]) -> list[Prepared]:
+        rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+        encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
+
+    def generate(self, batch: Sequence[Prepared], seed: int) -> list[Generation]:
+        vllm = import_vllm()
+        s = self.settings
+        params = [
+            vllm.SamplingParams(
+                max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
+                stop=list(s.stop) or None, seed=(seed + row) % 2**63 if s.temperature > 0 else None,
+            )
+            for row in range(len(batch))
+        ]
+        results = self.llm.generate([{"prompt_token_ids": p.payload} for p in batch], params, use_tqdm=False)
+        out = []
+        for r in results:
+            c = r.outputs[0]
+            text, _ = cut_at_stop(c.text, s.stop)
+            out.append(Generation(text.strip(), "length" if c.finish_reason == "length" else "stop", len(c.token_ids)))
+        return out

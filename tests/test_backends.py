@@ -1,0 +1,158 @@
+"""Generation backends behind one interface: the OpenAI-compatible client against a real
+HTTP server on 127.0.0.1 (canned completions, a 503 to exercise retries, timeouts), and the
+import gate of the vLLM backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pytest
+
+from tasks import augment, schema
+from tasks.augment import generate_detailed, load_templates
+from tasks.errors import CorpusmillError
+from tasks.generation import get_backend
+from tasks.generation.openai import EndpointUnavailable
+from tasks.models import load_tokenizer
+from tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from tasks.shards import read_table, write_table
+from tasks.tokenize import filter_rows
+
+SOURCES = [
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.",
+    "The Rabbit actually took a watch out of its waistcoat-pocket, and looked at it, and then hurried on.",
+    "Down, down, down. Would the fall never come to an end? I wonder how many miles I have fallen by this time?",
+]
+
+
+class Server:
+    """A chat completions server: `fail` answers per request number (e.g. {0: 503}), `delay` seconds."""
+
+    def __init__(self, fail: dict[int, int] | None = None, always: int | None = None, delay: float = 0.0):
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    n = len(outer.requests)
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                status = always or (fail or {}).get(n)
+                if delay:
+                    time.sleep(delay)
+                if status:
+                    payload, code = {"error": {"message": f"canned {status}"}}, status
+                else:
+                    user = body["messages"][-1]["content"]
+                    long = "waistcoat" in user
+                    words = user.split()[:8]
+                    text = "In other words: " + " ".join(reversed(words)) + (" and then" if long else ".")
+                    if "STOP" in body.get("stop", []):
+                        text += " STOP ignored by this server"
+                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                            "finish_reason": "length" if long else "stop"}],
+                               "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split())}}
+                    code = 200
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def settings(endpoint: str, **kw) -> Augment:
+    base = dict(backend="openai", endpoint=endpoint, model={"name": "canned-model"}, retry_backoff=0.01,
+                max_new_tokens=40, batch_size=2, concurrency=2, request_timeout=5)
+    return Augment.model_validate(base | kw)
+
+
+def test_openai_backend_generates_in_order_with_a_retry(monkeypatch):
+    monkeypatch.setenv("CORPUSMILL_TEST_KEY", "secret-123")
+    [paraphrase] = load_templates(["paraphrase"])
+    with Server(fail={0: 503}) as server:
+        usage: dict = {}
+        out = generate_detailed(SOURCES, paraphrase, settings(server.endpoint, api_key_env="CORPUSMILL_TEST_KEY",
+                                                               stop=["STOP"]), 0, usage=usage)
+    assert len(server.requests) == len(SOURCES) + 1  # one 503, retried
+    for source, g in zip(SOURCES, out):
+        assert g.text.startswith("In other words: ") and source.split()[0] in g.text
+        assert "STOP" not in g.text  # stop sequences are enforced on our side too
+    assert [g.finish_reason for g in out] == ["stop", "length", "stop"]
+    assert usage["new_tokens"] == sum(g.new_tokens for g in out) > 0
+    body = server.requests[-1]
+    assert body["model"] == "canned-model" and body["max_tokens"] == 40 and body["temperature"] == 0
+    assert body["stop"] == ["STOP"] and body["messages"][0]["role"] == "system"
+    assert all(h.get("Authorization") == "Bearer secret-123" for h in server.headers)
+
+
+def test_openai_backend_bounded_retries_and_clear_errors():
+    [paraphrase] = load_templates(["paraphrase"])
+    with Server(always=503) as server:
+        started = time.monotonic()
+        with pytest.raises(EndpointUnavailable, match="failed 3 times.*503"):
+            generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint, max_retries=2), 0)
+        assert len(server.requests) == 3 and time.monotonic() - started < 5
+    with Server(always=401) as server:
+        with pytest.raises(CorpusmillError, match="HTTP 401"):
+            generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint), 0)
+        assert len(server.requests) == 1  # not retried: a bad key stays bad
+    with Server(delay=1.0) as server:
+        started = time.monotonic()
+        with pytest.raises(EndpointUnavailable, match="Timeout"):
+            generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint, request_timeout=0.2, max_retries=1), 0)
+        assert time.monotonic() - started < 4
+
+
+def test_openai_backend_in_the_stage(tmp_path):
+    tok = load_tokenizer(ModelRef(gguf="smollm2"))
+    shard, _, _ = filter_rows(pa.table({"id": ["a", "b", "c"], "text": SOURCES, "source": ["alice"] * 3,
+                                        "license": ["public-domain"] * 3}, schema=schema.INGEST), tok, Filters())
+    in_path = write_table(shard, tmp_path / "in.parquet")
+    with Server() as server:
+        s = settings(server.endpoint, fraction=1.0, gates=QualityGates(min_chars=5, min_length_ratio=0.05))
+        report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", s, 1, ModelRef(gguf="smollm2"),
+                             Filters())
+    assert report["rows_in"] == 3 and report["dropped"] == {"truncated": 1} and report["rows_out"] == 2
+    rows = read_table(tmp_path / "out.parquet").to_pylist()
+    assert {r["generator"] for r in rows} == {f"openai:canned-model@{server.endpoint}"}
+
+
+def test_openai_settings_are_checked_in_the_recipe():
+    with pytest.raises(ValueError, match="endpoint"):
+        Augment.model_validate({"backend": "openai", "model": {"name": "m"}})
+    with pytest.raises(ValueError, match="endpoint"):
+        Augment.model_validate({"backend": "openai", "endpoint": "http://127.0.0.1:1/v1"})  # default model is a gguf
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_backend_without_vllm_says_how_to_install():
+    with pytest.raises(CorpusmillError, match="pip install vllm on a CUDA machine"):
+        get_backend(Augment(backend="vllm"))

@@ -57,15 +57,99 @@ def run(
 
 
 @app.command()
-def verify(release_dir: Annotated[Path, typer.Argument(help="a published release folder")]) -> None:
+def verify(release_dir: Annotated[str, typer.Argument(help="a published release folder or URL (s3://...)")]) -> None:
     """Re-hash every data file of RELEASE_DIR against its manifest."""
+    from tasks.publish import read_manifest
     from tasks.publish import verify as verify_release
 
     problems = verify_release(release_dir)
     if problems:
         _fail(f"{release_dir} does not match its manifest: " + "; ".join(problems) + ".")
-    manifest = json.loads((release_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(release_dir)
     typer.echo(f"ok: {len(manifest['files'])} files match the manifest (fingerprint {manifest['fingerprint']})")
+
+
+@app.command()
+def diff(
+    release_a: Annotated[Path, typer.Argument(help="the older release folder")],
+    release_b: Annotated[Path, typer.Argument(help="the newer release folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the diff as JSON")] = False,
+) -> None:
+    """Rows added, removed, changed and moved between splits, per split and source, with token deltas."""
+    from tasks.diff import diff_releases, render
+
+    try:
+        report = diff_releases(release_a, release_b)
+    except CorpusmillError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        from rich.console import Console
+
+        render(report, Console(width=160))
+
+
+@app.command()
+def rebuild(
+    release_dir: Annotated[Path, typer.Argument(help="a published release folder")],
+    out: Annotated[Path, typer.Option("--out", help="root to publish the rebuilt copy under (<out>/<name>/<version>)")],
+    work_dir: Annotated[Optional[Path], typer.Option(help="work directory; default: a fresh temporary one, so nothing comes from cache")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Re-run the recipe recorded in RELEASE_DIR's manifest and report whether every file matches.
+
+    Exit 0 when the rebuild is byte-identical, 2 when it differs (the inputs whose
+    fingerprint changed are named), 1 on an error.
+    """
+    from flows.rebuild import rebuild as run_rebuild
+    from flows.rebuild import rebuild_recipe
+    from flows.release import task_runner_for
+    from tasks.publish import read_manifest
+    from tasks.rebuild import summary_line
+
+    try:
+        runner = task_runner_for(rebuild_recipe(read_manifest(release_dir), out).runner)
+        report = run_rebuild(release_dir, out, work_dir, task_runner=runner)
+    except CorpusmillError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"rebuild of {release_dir} -> {report['rebuilt']}")
+        for column in ("file", "status", "sha256 (manifest)", "sha256 (rebuilt)"):
+            table.add_column(column)
+        for f in report["files"]:
+            style = "green" if f["status"] == "same" else "red"
+            table.add_row(f["path"], f"[{style}]{f['status']}[/]", (f["expected"] or "-")[:16], (f["actual"] or "-")[:16])
+        for i in report["inputs"]:
+            table.add_row(f"input: {i['name']}", "[red]changed[/]" if i["changed"] else "[green]same[/]",
+                          (i["expected"] or "-")[:16], (i["actual"] or "-")[:16])
+        Console(width=140).print(table)
+        typer.echo(summary_line(report))
+    if not report["identical"]:
+        raise typer.Exit(2)
+
+
+@app.command("publish")
+def publish_cmd(
+    release_dir: Annotated[Path, typer.Argument(help="a published release folder")],
+    hub: Annotated[str, typer.Option("--hub", help="Hugging Face dataset repo id, user-or-org/name")],
+    private: Annotated[bool, typer.Option(help="create the repo as private if it does not exist")] = False,
+    token: Annotated[Optional[str], typer.Option(help="Hub token; default: HF_TOKEN or your `hf auth login`")] = None,
+) -> None:
+    """Push RELEASE_DIR to a Hub dataset repo: one commit on main, tagged v<version>."""
+    from tasks.hub import push_to_hub
+
+    try:
+        result = push_to_hub(release_dir, hub, private=private, token=token)
+    except CorpusmillError as e:
+        _fail(str(e))
+    typer.echo(f"pushed {release_dir} to {result['repo_id']} as tag {result['tag']} (commit {result['commit']}): "
+               f"{result['url']}")
 
 
 @app.command()

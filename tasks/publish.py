@@ -26,11 +26,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow.compute as pc
-import yaml
 
 from tasks import schema
+from tasks.card import dataset_card, plot_token_lengths, size_category, write_plots  # noqa: F401 (re-exported)
 from tasks.errors import CorpusmillError
 from tasks.shards import ParquetSink, file_sha256, read_table
 
@@ -46,12 +45,40 @@ class ReleaseExists(CorpusmillError, FileExistsError):
     pass
 
 
-def release_path(root: str | Path, name: str, version: str) -> Path:
-    return Path(root) / name / version
+class ReleaseNotFound(CorpusmillError, FileNotFoundError):
+    pass
 
 
-def check_absent(target: Path) -> None:
-    if target.exists():
+def is_remote(location: str | Path) -> bool:
+    """True for fsspec URLs of non-local filesystems (s3://, gs://, memory://, ...)."""
+    if isinstance(location, Path) or "://" not in str(location):
+        return False
+    return str(location).split("://", 1)[0] not in ("file", "local")
+
+
+def _fs(url: str):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url)
+
+
+def release_path(root: str | Path, name: str, version: str) -> Path | str:
+    """`<root>/<name>/<version>`: a Path for local roots, a URL string for remote ones."""
+    if is_remote(root):
+        return f"{str(root).rstrip('/')}/{name}/{version}"
+    root = str(root)
+    return Path(root[len("file://"):] if root.startswith("file://") else root) / name / version
+
+
+def _exists(target: Path | str) -> bool:
+    if is_remote(target):
+        fs, path = _fs(str(target))
+        return fs.exists(f"{path}/{MANIFEST}")  # a version without a manifest is an unfinished upload: absent
+    return Path(target).exists()
+
+
+def check_absent(target: Path | str) -> None:
+    if _exists(target):
         raise ReleaseExists(
             f"release {target} already exists and releases are immutable; "
             f"bump `version:` in the recipe (or --set version=X.Y.Z) to publish a new one."
@@ -71,7 +98,10 @@ class SplitStats:
     rows: int = 0
     tokens: int = 0
     synthetic: int = 0
-    by_source: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "tokens": 0, "synthetic": 0}))
+    synthetic_tokens: int = 0
+    by_source: dict = field(default_factory=lambda: defaultdict(
+        lambda: {"rows": 0, "tokens": 0, "synthetic": 0, "synthetic_tokens": 0}))
+    by_prompt: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "tokens": 0}))
     token_counts: list = field(default_factory=list)
 
 
@@ -125,11 +155,18 @@ def _accumulate(stats: SplitStats, chunk) -> None:
     stats.tokens += int(tokens.sum())
     stats.synthetic += int(synthetic.sum())
     stats.token_counts.append(tokens)
-    for source, n_tok, syn in zip(chunk.column("source").to_pylist(), tokens, synthetic):
+    stats.synthetic_tokens += int(tokens[synthetic].sum())
+    for source, prompt, n_tok, syn in zip(chunk.column("source").to_pylist(), chunk.column("prompt_id").to_pylist(),
+                                          tokens, synthetic):
         entry = stats.by_source[source]
         entry["rows"] += 1
         entry["tokens"] += int(n_tok)
         entry["synthetic"] += int(syn)
+        if syn:
+            entry["synthetic_tokens"] += int(n_tok)
+            by_prompt = stats.by_prompt[prompt or "unknown"]
+            by_prompt["rows"] += 1
+            by_prompt["tokens"] += int(n_tok)
 
 
 def fingerprint(files: list[dict]) -> str:
@@ -178,94 +215,6 @@ def accounting(reports: dict[str, dict], rows_out: int, synthetic_out: int) -> d
     return result
 
 
-def plot_token_lengths(stats: dict[str, SplitStats], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    for split, s in stats.items():
-        ax.hist(np.concatenate(s.token_counts), bins=50, histtype="step", label=f"{split} ({s.rows:,} rows)")
-    ax.set(xlabel="tokens per row", ylabel="rows", title="Token length by split", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-
-
-def dataset_card(manifest: dict, stats: dict[str, SplitStats], dedup_report: dict) -> str:
-    recipe = manifest["recipe"]
-    licenses = sorted({s["license"] for s in recipe["sources"]})
-    total_rows = sum(s.rows for s in stats.values())
-    front = {
-        "license": [lic.lower() for lic in licenses] if len(licenses) > 1 else licenses[0].lower(),
-        "pretty_name": recipe["name"],
-        "size_categories": [_size_category(total_rows)],
-        "task_categories": ["text-generation"],
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in stats],
-        }],
-    }
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# {recipe['name']} {manifest['version']}", "",
-             f"Built by corpusmill {manifest['code_version']} from the recipe stored in `manifest.json`. "
-             f"Fingerprint `{manifest['fingerprint']}`; verify with `corpusmill verify <this folder>`.", "",
-             "## Sources", "", "| source | license | rows | tokens | synthetic rows |", "|---|---|---:|---:|---:|"]
-    by_source: dict[str, dict] = defaultdict(lambda: {"rows": 0, "tokens": 0, "synthetic": 0})
-    for s in stats.values():
-        for name, e in s.by_source.items():
-            for k in e:
-                by_source[name][k] += e[k]
-    source_license = {i["name"]: i["license"] for i in manifest["inputs"]}
-    for name in sorted(by_source):
-        e = by_source[name]
-        lines.append(f"| {name} | {source_license.get(name, ', '.join(licenses))} | {e['rows']:,} | {e['tokens']:,} | {e['synthetic']:,} |")
-    lines += ["", "## Splits", "", "| split | rows | tokens | synthetic share | files |", "|---|---:|---:|---:|---:|"]
-    for split, s in stats.items():
-        files = sum(1 for f in manifest["files"] if f["split"] == split)
-        lines.append(f"| {split} | {s.rows:,} | {s.tokens:,} | {s.synthetic / max(s.rows, 1):.1%} | {files} |")
-    acc = manifest["accounting"]
-    lines += ["", "Splits are assigned by a hash of each row's lineage root (a synthetic row follows its "
-              "parent, near duplicates stay together), so no document or its paraphrase crosses splits.",
-              "", "![token lengths](plots/token_lengths.png)", "", "## Where the rows went", "",
-              f"{acc['rows_in']:,} source rows and {acc['synthetic_in']:,} generated rows in; "
-              f"{acc['rows_out']:,} rows out ({acc['synthetic_out']:,} synthetic).", "",
-              "| stage.reason | rows dropped |", "|---|---:|"]
-    lines += [f"| {reason} | {n:,} |" for reason, n in acc["dropped"].items()]
-    extra = dedup_report.get("extra", {})
-    lines += ["", "## Deduplication", "",
-              f"MinHash LSH over word {recipe['dedup']['ngram']}-grams, {recipe['dedup']['num_perm']} permutations "
-              f"({extra.get('bands', '?')} bands x {extra.get('rows_per_band', '?')} rows), threshold "
-              f"{recipe['dedup']['threshold']}; candidate pairs verified by exact Jaccard "
-              f"({extra.get('verified_pairs', 0):,} kept, {extra.get('rejected_pairs', 0):,} rejected). "
-              f"Kept member of a cluster: original before synthetic, then the lowest id. "
-              f"{extra.get('clusters', 0):,} clusters, the largest of {extra.get('largest_cluster', 1)} rows."]
-    validation = manifest["validation"]
-    lines += ["", "## Validation", "",
-              f"Great Expectations suite `{validation.get('suite')}`: {validation.get('evaluated', 0)} expectations evaluated, "
-              f"{validation.get('failed', 0)} failed, {len(validation.get('critical_failures', []))} critical. "
-              "Reports: `validation/results.json`, `validation/data_docs/index.html`."]
-    if recipe.get("augment"):
-        aug = recipe["augment"]
-        lines += ["", "## Synthetic data", "",
-                  f"Generated by `{manifest.get('generator', aug['model'])}` with templates {', '.join(aug['templates'])}; "
-                  f"every synthetic row records `parent_id`, `generator` and `prompt_id`. Synthetic rows are capped at "
-                  f"{aug['max_synthetic_share']:.0%} of each split and pass quality gates (empty, refusal, repetition, "
-                  f"length, copy of the source) before they are kept."]
-    return "\n".join(lines) + "\n"
-
-
-def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
-        if n < limit:
-            return label
-    return "n>10M"
-
-
 def write_json(data: dict, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -277,12 +226,119 @@ def commit(staging: Path, target: Path) -> Path:
     return target
 
 
+def upload(staging: Path, target: str) -> str:
+    """Publish the finished local `staging` folder to the remote `target` URL, atomically for
+    readers: every file goes to a temporary prefix beside the version, is copied into place,
+    and `manifest.json` is written last. Readers treat a version without a manifest as
+    absent, so a crash at any point leaves no release (and the next publish replaces the
+    leftovers). Never overwrites a version that has a manifest."""
+    import uuid
+
+    check_absent(target)
+    fs, path = _fs(target)
+    parent, version = path.rstrip("/").rsplit("/", 1)
+    tmp = f"{parent}/.{version}.staging-{uuid.uuid4().hex[:12]}"
+    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    files.remove(MANIFEST)
+    try:
+        for rel in files:
+            fs.put_file(str(staging / rel), f"{tmp}/{rel}")
+        if fs.exists(path):  # leftovers of an interrupted publish of this version (it has no manifest)
+            fs.rm(path, recursive=True)
+        for rel in files:
+            fs.copy(f"{tmp}/{rel}", f"{path}/{rel}")
+        check_absent(target)  # published by someone else meanwhile: keep theirs
+        fs.put_file(str(staging / MANIFEST), f"{path}/{MANIFEST}")
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+    return target
+
+
+def list_versions(root: str | Path, name: str) -> list[str]:
+    """The published versions of dataset `name` under `root`: folders with a manifest only."""
+    base = release_path(root, name, "x")
+    if is_remote(base):
+        fs, path = _fs(str(base).rsplit("/", 1)[0])
+        if not fs.exists(path):
+            return []
+        folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        return sorted(v for v in folders if not v.startswith(".") and fs.exists(f"{path}/{v}/{MANIFEST}"))
+    parent = Path(base).parent
+    return sorted(p.name for p in parent.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()) \
+        if parent.is_dir() else []
+
+
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def verify(release: Path) -> list[str]:
-    """Problems found re-hashing the release against its manifest; empty when it is intact."""
+def read_manifest(release: str | Path) -> dict:
+    """The manifest of a published release (a folder or a URL), or a ReleaseNotFound naming it."""
+    if is_remote(release):
+        fs, path = _fs(str(release))
+        try:
+            return json.loads(fs.cat_file(f"{path.rstrip('/')}/{MANIFEST}").decode("utf-8"))
+        except FileNotFoundError:
+            raise ReleaseNotFound(
+                f"{release} has no {MANIFEST}, so it is not a published corpusmill release (or an unfinished upload, "
+                f"which readers treat as absent); pass the URL <root>/<name>/<version> printed by `corpusmill run`."
+            ) from None
+    path = Path(release) / MANIFEST
+    if not path.is_file():
+        raise ReleaseNotFound(
+            f"{release} has no {MANIFEST}, so it is not a published corpusmill release (or an unfinished one, "
+            f"which readers treat as absent); pass the folder <root>/<name>/<version> printed by `corpusmill run`."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def compare_files(expected: list[dict], actual: list[dict]) -> list[dict]:
+    """Every data file of either manifest with its status: same, different, missing or extra."""
+    by_path = {f["path"]: f for f in actual}
+    out = []
+    for f in sorted(expected, key=lambda f: f["path"]):
+        got = by_path.pop(f["path"], None)
+        status = "missing" if got is None else ("same" if got["sha256"] == f["sha256"] else "different")
+        out.append({"path": f["path"], "status": status, "expected": f["sha256"],
+                    "actual": got["sha256"] if got else None})
+    out += [{"path": p, "status": "extra", "expected": None, "actual": f["sha256"]} for p, f in sorted(by_path.items())]
+    return out
+
+
+def _verify_remote(release: str) -> list[str]:
+    fs, root = _fs(release)
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{MANIFEST}"):
+        return [f"{release}/{MANIFEST} is missing: not a corpusmill release, or an unfinished upload"]
+    manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}").decode("utf-8"))
+    problems = []
+    for f in manifest["files"]:
+        path = f"{root}/{f['path']}"
+        if not fs.exists(path):
+            problems.append(f"{f['path']}: missing")
+            continue
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != f["sha256"]:
+            problems.append(f"{f['path']}: sha256 {digest.hexdigest()} does not match the manifest's {f['sha256']}")
+    listed = {f["path"] for f in manifest["files"]}
+    if fs.exists(f"{root}/data"):
+        for path in sorted(fs.ls(f"{root}/data", detail=False)):
+            if f"data/{path.rsplit('/', 1)[-1]}" not in listed:
+                problems.append(f"data/{path.rsplit('/', 1)[-1]}: not listed in the manifest")
+    if not problems and fingerprint(manifest["files"]) != manifest["fingerprint"]:
+        problems.append("the manifest's fingerprint does not match its file list")
+    return problems
+
+
+def verify(release: Path | str) -> list[str]:
+    """Problems found re-hashing the release (a folder or a URL) against its manifest; empty when it is intact."""
+    if is_remote(release):
+        return _verify_remote(str(release))
+    release = Path(release)
     manifest_path = release / MANIFEST
     if not manifest_path.is_file():
         return [f"{manifest_path} is missing: not a corpusmill release, or an unfinished one"]

@@ -9,7 +9,10 @@ of shard boundaries or run order.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks import schema
-from tasks.recipe import Splits
+from tasks.recipe import Dedup, Splits
 from tasks.shards import StageReport, dropped_table, read_table, write_table
 
 STAGE = "split"
@@ -101,8 +104,137 @@ def cap_synthetic(synthetic: np.ndarray, ids: list[str], max_share: float, seed:
     return drop
 
 
+# --- the previous release: held-out rows stay held out -----------------------------------
+
+# Where a lineage linked to several splits of the previous release goes: held-out first.
+PRECEDENCE = ("test", "validation", "train")
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What `assign` needs to keep a new version's splits consistent with a previous release.
+
+    `path` is the side file written by `prepare_previous` (named by the previous release's
+    fingerprint and the signature settings, so it is content-addressed); `signature_paths`
+    are this build's MinHash side files; `dedup` the recipe's dedup settings as a dict.
+    """
+
+    path: str
+    signature_paths: tuple[str, ...]
+    dedup: dict
+    version: str = ""
+
+
+def prepare_previous(release_dir: str | Path, out_dir: Path, settings: Dedup) -> Path:
+    """One side file of the previous release's rows: id, cluster_id, parent_id, split,
+    text_hash and MinHash signature under this recipe's settings; reused while it exists."""
+    from fsspec.core import url_to_fs
+
+    from tasks import dedup
+    from tasks.publish import is_remote, read_manifest
+
+    manifest = read_manifest(release_dir)
+    # named by what its content depends on: the previous data, the dedup settings and code version
+    key = hashlib.sha256(json.dumps([manifest["fingerprint"], settings.model_dump(mode="json"),
+                                     str(getattr(dedup, "VERSION", ""))], sort_keys=True).encode()).hexdigest()[:20]
+    out = Path(out_dir) / f"previous-{key}.parquet"
+    if out.is_file():
+        return out
+    parts = []
+    remote = is_remote(release_dir)
+    for f in sorted(manifest["files"], key=lambda f: f["path"]):
+        data_path = Path(release_dir) / f["path"] if not remote else Path(out_dir) / f".data-{Path(f['path']).name}"
+        if remote:  # an s3:// (or other fsspec) release: fetch the file, then work locally
+            fs, root = url_to_fs(str(release_dir))
+            data_path.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root.rstrip('/')}/{f['path']}", str(data_path))
+        side_path = Path(out_dir) / f".signatures-{Path(f['path']).name}"
+        dedup.signatures(data_path, side_path, settings)
+        side = read_table(side_path, ["id", "text_hash", "signature"])
+        rows = read_table(data_path, ["id", "cluster_id", "parent_id"])
+        if not side.column("id").equals(rows.column("id")):
+            raise RuntimeError(f"signatures of {data_path} are not in row order")
+        parts.append(pa.table({
+            "id": rows.column("id"), "cluster_id": rows.column("cluster_id"), "parent_id": rows.column("parent_id"),
+            "split": pa.array([f["split"]] * rows.num_rows, pa.string()),
+            "text_hash": side.column("text_hash"), "signature": side.column("signature")}))
+        side_path.unlink()
+        if remote:
+            data_path.unlink()
+    if parts:
+        write_table(pa.concat_tables(parts).replace_schema_metadata(None), out)
+    else:  # a previous release without rows: nothing to match
+        write_table(pa.table({"id": pa.array([], pa.string())}), out)
+    return out
+
+
+def previous_links(ids: list[str], cluster_ids: list[str], parent_ids: list, previous: Previous) -> tuple[list[set], dict]:
+    """For each new row, the splits of the previous release it is linked to: by id (its id,
+    cluster or parent is an id, cluster or parent of a previous row), by identical text, or as
+    a near duplicate (MinHash-estimated Jaccard >= the dedup threshold) of a previous row."""
+    from tasks import dedup
+
+    prev = read_table(previous.path)
+    links: list[set] = [set() for _ in ids]
+    stats = {"by_id": 0, "by_text": 0, "near_duplicate": 0}
+    if "split" not in prev.column_names or prev.num_rows == 0:
+        return links, stats
+    prev_split = prev.column("split").to_pylist()
+    by_key: dict[str, set] = {}
+    for column in ("id", "cluster_id", "parent_id"):
+        for key, split in zip(prev.column(column).to_pylist(), prev_split):
+            if key is not None:
+                by_key.setdefault(key, set()).add(split)
+    for i, keys in enumerate(zip(ids, cluster_ids, parent_ids)):
+        for key in keys:
+            if key is not None and key in by_key:
+                links[i] |= by_key[key]
+        stats["by_id"] += bool(links[i])
+
+    # text and near-duplicate links, through this build's signature side files
+    settings = Dedup(**previous.dedup)
+    sides = [read_table(p, ["id", "text_hash", "signature"]) for p in previous.signature_paths]
+    if not sides:
+        return links, stats
+    side = pa.concat_tables(sides)
+    row_of = {row_id: i for i, row_id in enumerate(ids)}
+    new_rows = np.array([row_of.get(x, -1) for x in side.column("id").to_pylist()], dtype=np.int64)
+    by_hash: dict[int, set] = {}
+    for h, split in zip(prev.column("text_hash").to_pylist(), prev_split):
+        by_hash.setdefault(h, set()).add(split)
+    for r, h in zip(new_rows, side.column("text_hash").to_pylist()):
+        if r >= 0 and h in by_hash and not by_hash[h] <= links[r]:
+            links[r] |= by_hash[h]
+            stats["by_text"] += 1
+    n_new = side.num_rows
+    signature = np.concatenate([
+        side.column("signature").combine_chunks().flatten().to_numpy().reshape(n_new, -1),
+        prev.column("signature").combine_chunks().flatten().to_numpy().reshape(prev.num_rows, -1)])
+    bands, rows_per_band = dedup.lsh_params(settings)
+    pairs = dedup.candidate_pairs(signature, bands, rows_per_band)
+    cross = pairs[(pairs[:, 0] < n_new) & (pairs[:, 1] >= n_new)]
+    if len(cross):
+        similarity = (signature[cross[:, 0]] == signature[cross[:, 1]]).mean(axis=1)
+        for (a, b) in cross[similarity >= settings.threshold]:
+            r = new_rows[a]
+            if r >= 0 and prev_split[b - n_new] not in links[r]:
+                links[r].add(prev_split[b - n_new])
+                stats["near_duplicate"] += 1
+    return links, stats
+
+
+def pinned_splits(roots: list[str], links: list[set]) -> dict[str, str]:
+    """Lineage root -> the split it must keep: test or validation when any member was held
+    out in the previous release (never train), else train when a member was in train."""
+    linked: dict[str, set] = {}
+    for root, splits in zip(roots, links):
+        if splits:
+            linked.setdefault(root, set()).update(splits)
+    return {root: next(s for s in PRECEDENCE if s in splits) for root, splits in linked.items()}
+
+
 def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits: Splits,
-           max_synthetic_share: float | None, seed: int) -> dict:
+           max_synthetic_share: float | None, seed: int, previous: Previous | None = None) -> dict:
     """Assign every row kept by dedup to a split and apply the per-split synthetic cap.
 
     `shard_paths` are the tokenized and augment shards; only their small id, synthetic and
@@ -117,7 +249,12 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
     ids = rows.column("id").combine_chunks()
     roots = lineage_roots(ids, clusters.column("cluster_id").combine_chunks(), rows.column("parent_id").combine_chunks())
     fractions = splits.fractions()
-    split = np.array([split_of(r, fractions) for r in roots], dtype=object)
+    pinned: dict[str, str] = {}
+    if previous is not None:
+        links, link_stats = previous_links(ids.to_pylist(), clusters.column("cluster_id").to_pylist(),
+                                           rows.column("parent_id").to_pylist(), previous)
+        pinned = pinned_splits(roots, links)
+    split = np.array([pinned.get(r) or split_of(r, fractions) for r in roots], dtype=object)
     keep = clusters.column("keep").to_numpy(zero_copy_only=False)
     reason = np.array(clusters.column("reason").to_pylist(), dtype=object)
     split[~keep] = None
@@ -143,6 +280,12 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
         name: {"rows": int((split == name).sum()), "synthetic": int(((split == name) & synthetic).sum())}
         for name in schema.SPLITS
     }
+    if previous is not None:
+        pinned_rows = np.array([r in pinned for r in roots]) & (split != None)  # noqa: E711 (object array)
+        report.extra["previous"] = {
+            "version": previous.version, "links": link_stats, "lineages_pinned": len(pinned),
+            "rows_pinned": {name: int((pinned_rows & (split == name)).sum()) for name in schema.SPLITS},
+        }
     return report.to_dict()
 
 

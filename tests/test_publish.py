@@ -59,3 +59,80 @@ def test_accounting_must_balance():
 def test_existing_release_is_refused(tmp_path):
     with pytest.raises(ReleaseExists, match="bump `version:`"):
         check_absent(tmp_path)
+
+
+# --- dataset card ---------------------------------------------------------------------------
+
+def _card_inputs(tmp_path, licenses):
+    from tasks.publish import _accumulate, SplitStats
+
+    rows = [{"id": f"r{i}", "text": f"text {i}", "source": f"src{i % len(licenses)}", "license": licenses[i % len(licenses)],
+             "n_tokens": 5 + i, "synthetic": i % 3 == 0, "parent_id": f"p{i}" if i % 3 == 0 else None,
+             "generator": "g@sha256:x" if i % 3 == 0 else None, "prompt_id": "paraphrase@abc" if i % 3 == 0 else None,
+             "cluster_id": f"r{i}"} for i in range(12)]
+    stats = {"train": SplitStats(), "test": SplitStats()}
+    _accumulate(stats["train"], pa.Table.from_pylist(rows[:9], schema=schema.RELEASE))
+    _accumulate(stats["test"], pa.Table.from_pylist(rows[9:], schema=schema.RELEASE))
+    manifest = {
+        "name": "c", "version": "1.2.0", "fingerprint": "fp", "code_version": "0.1.0", "seed": 1, "tokenizer": "tok",
+        "recipe": {"name": "c", "sources": [{"license": lic} for lic in licenses],
+                   "dedup": {"ngram": 5, "num_perm": 128, "threshold": 0.8},
+                   "augment": {"model": "m", "templates": ["paraphrase"], "fraction": 0.1, "max_synthetic_share": 0.3}},
+        "inputs": [{"name": f"src{i}", "kind": "files", "license": lic} for i, lic in enumerate(licenses)],
+        "files": [{"path": "data/train-00000-of-00001.parquet", "split": "train"},
+                  {"path": "data/test-00000-of-00001.parquet", "split": "test"}],
+        "accounting": {"rows_in": 20, "synthetic_in": 6, "rows_out": 12, "synthetic_out": 4,
+                       "dropped": {"dedup.near_duplicate": 3, "tokenize.too_few_tokens": 11}},
+        "validation": {"suite": "default", "evaluated": 9, "failed": 0, "critical_failures": [], "warnings": [],
+                       "per_batch": {"train": {"rows": 9, "success": True}}},
+    }
+    return manifest, stats
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+@pytest.mark.parametrize("licenses, expected", [
+    (["PSF-2.0"], {"license": "psf-2.0"}),
+    (["CC-BY-SA-3.0"], {"license": "cc-by-sa-3.0"}),
+    (["CC0-1.0"], {"license": "cc0-1.0"}),
+    (["public-domain"], {"license": "other", "license_name": "public-domain"}),
+])
+def test_card_license_ids(licenses, expected):
+    from tasks.card import license_front_matter
+
+    assert license_front_matter(licenses) == expected
+
+
+def test_card_front_matter_and_sections(tmp_path):
+    from tasks.card import dataset_card
+
+    manifest, stats = _card_inputs(tmp_path, ["CC0-1.0", "public-domain"])
+    card = dataset_card(manifest, stats, {"extra": {"bands": 9, "rows_per_band": 13, "clusters": 2}})
+    front = _front_matter(card)
+    assert front["license"] == "other" and "public-domain" in front["license_details"]
+    assert front["size_categories"] == ["n<1K"] and front["task_categories"] == ["text-generation"]
+    assert front["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"},
+                                                 {"split": "test", "path": "data/test-*.parquet"}]
+    for heading in ("## Sources and licenses", "### Rows and tokens per split and source", "## Where the rows went",
+                    "## Synthetic data", "## Deduplication", "## Validation", "plots/composition.png"):
+        assert heading in card
+    assert "| src1 | files | public-domain | other |" in card
+    assert "| tokenize | too_few_tokens | 11 |" in card
+    assert "| train | `paraphrase@abc` | 3 |" in card  # rows 0, 3, 6 of the first nine are synthetic
+    assert dataset_card(manifest, stats, {}) == dataset_card(manifest, stats, {})
+
+
+def test_plots_are_byte_identical(tmp_path):
+    from tasks.card import write_plots
+
+    _, stats = _card_inputs(tmp_path, ["CC0-1.0", "MIT"])
+    paths = write_plots(stats, tmp_path / "a" / "plots")
+    write_plots(stats, tmp_path / "b" / "plots")
+    assert paths == ["plots/token_lengths.png", "plots/composition.png"]
+    for p in paths:
+        assert (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes()

@@ -1,0 +1,117 @@
+"""Releases under an s3:// root, against a real S3-compatible server (moto) on loopback."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from flows.cli import app  # noqa: E402
+from tasks import publish  # noqa: E402
+
+BUCKET = "corpusmill-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 and the environment that points s3fs at it."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    patch = pytest.MonkeyPatch()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        patch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    patch.undo()
+    server.stop()
+
+
+def _staging(folder: Path) -> Path:
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"rows")
+    (folder / "README.md").write_text("card")
+    files = [{"path": "data/train-00000-of-00001.parquet", "split": "train", "sha256": publish.file_sha256(
+        folder / "data" / "train-00000-of-00001.parquet")}]
+    (folder / "manifest.json").write_text(json.dumps(
+        {"name": "ds", "version": "1.0.0", "files": files, "fingerprint": publish.fingerprint(files)}))
+    return folder
+
+
+def test_upload_is_atomic_and_never_overwrites(s3, tmp_path, monkeypatch):
+    root = f"s3://{BUCKET}/unit"
+    target = publish.release_path(root, "ds", "1.0.0")
+    assert target == f"s3://{BUCKET}/unit/ds/1.0.0" and publish.is_remote(target)
+    staging = _staging(tmp_path / "staging")
+
+    # an interrupted earlier upload left files but no manifest: the version is absent
+    s3.pipe(f"{BUCKET}/unit/ds/1.0.0/data/stale.parquet", b"old")
+    assert publish.list_versions(root, "ds") == []
+    publish.check_absent(target)
+    with pytest.raises(publish.ReleaseNotFound, match="unfinished upload"):
+        publish.read_manifest(target)
+
+    # the manifest is the last object written, after every other file is in place
+    written = []
+    real_put, real_copy = s3.put_file, s3.copy
+    monkeypatch.setattr(s3, "put_file", lambda lpath, rpath, **kw: (written.append(rpath), real_put(lpath, rpath, **kw))[1])
+    monkeypatch.setattr(s3, "copy", lambda a, b, **kw: (written.append(b), real_copy(a, b, **kw))[1])
+    publish.upload(staging, target)
+    assert written[-1] == f"{BUCKET}/unit/ds/1.0.0/manifest.json"
+    assert all("/.1.0.0.staging-" in w for w in written[:2])  # first under a temporary prefix
+    assert sorted(s3.find(f"{BUCKET}/unit/ds")) == [
+        f"{BUCKET}/unit/ds/1.0.0/README.md", f"{BUCKET}/unit/ds/1.0.0/data/train-00000-of-00001.parquet",
+        f"{BUCKET}/unit/ds/1.0.0/manifest.json"]  # stale leftovers replaced, temporary prefix removed
+    assert publish.list_versions(root, "ds") == ["1.0.0"]
+    assert publish.verify(target) == [] and publish.read_manifest(target)["version"] == "1.0.0"
+    with pytest.raises(publish.ReleaseExists, match="immutable"):
+        publish.upload(staging, target)
+
+    s3.pipe(f"{BUCKET}/unit/ds/1.0.0/data/train-00000-of-00001.parquet", b"tampered")
+    assert "does not match" in publish.verify(target)[0]
+
+
+@pytest.mark.slow
+def test_release_to_s3_root(s3, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.release import release
+
+    rng = random.Random(4)
+    words = "river stone market window garden letter summer harbour lantern violin engine meadow".split()
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n" for _ in range(40)))
+    recipe = {"name": "remote", "version": "1.0.0",
+              "sources": [{"kind": "files", "name": "docs", "path": str(tmp_path / "in.jsonl"), "license": "MIT"}],
+              "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
+              "output": {"root": f"s3://{BUCKET}/releases"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    with prefect_test_harness(server_startup_timeout=60):
+        target = release(str(tmp_path / "r.yaml"), [], str(tmp_path / "work"))
+        assert target == f"s3://{BUCKET}/releases/remote/1.0.0"
+        out = CliRunner().invoke(app, ["verify", target])
+        assert out.exit_code == 0, out.output
+        manifest = publish.read_manifest(target)
+        assert s3.exists(f"{BUCKET}/releases/remote/1.0.0/README.md")
+        assert s3.exists(f"{BUCKET}/releases/remote/1.0.0/validation/data_docs/index.html")
+        assert publish.list_versions(f"s3://{BUCKET}/releases", "remote") == ["1.0.0"]
+        assert not list((tmp_path / "work" / "remote").glob(".publish-*"))  # local staging cleaned up
+        with pytest.raises(publish.ReleaseExists):
+            release(str(tmp_path / "r.yaml"), [], str(tmp_path / "work"))
+        # a new version may name the remote one as its parent
+        second = release(str(tmp_path / "r.yaml"), ["version=1.1.0", f"output.previous={target}"], str(tmp_path / "work"))
+        assert publish.read_manifest(second)["parent"]["fingerprint"] == manifest["fingerprint"]

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 from flows import progress
 from tasks import augment, dedup, ingest, publish, schema, split, tokenize
 from tasks.errors import CorpusmillError
+from tasks.generation import Throughput, generator_identity
 from tasks.models import resolve
 from tasks.recipe import Recipe, Runner, load_recipe, source_name
 from tasks.shards import StageReport, file_sha256, read_table
@@ -33,7 +35,7 @@ from expectations.default import SuiteParams
 
 # Bump a stage's version when its code changes what it writes: cached shards of older
 # versions are then recomputed instead of reused.
-CACHE_VERSIONS = {"ingest": "1", "tokenize": "1", "augment": "1", "signatures": "1", "cluster": "1",
+CACHE_VERSIONS = {"ingest": "1", "tokenize": "1", "augment": "2", "signatures": "2", "bands": "1", "cluster": "2",
                   "assign": "1", "finalize": "1"}
 DEFAULT_WORK_DIR = "work"
 
@@ -96,8 +98,24 @@ def tokenize_shard(in_path: Path, out_path: Path, quarantine_path: Path, tokeniz
       cache_key_fn=content_key("augment", ("in_path",)), **shard_task)
 def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings, seed: int, tokenizer_ref, filters,
                   generator: str, tokenizer_identity: str, prompt_ids: list[str]) -> dict:
+    logger = get_run_logger()
+    meter = Throughput()
+    last_log = [0.0]
+
+    def started(rows: int) -> None:
+        meter.start(rows)
+        progress.begin("generate", rows)  # grows the bar's total, so it shows an ETA
+
+    def advanced(rows: int) -> None:
+        progress.advance("generate", rows)
+        meter.add(rows)
+        now = time.monotonic()
+        if now - last_log[0] >= 30 or meter.rows >= meter.total:  # at most one line per 30 s per shard
+            last_log[0] = now
+            logger.info("augment %s: %s", in_path.name, meter.line())
+
     return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
-                       on_progress=lambda n: progress.advance("generate", n))
+                       on_progress=advanced, on_start=started, on_batch=lambda rows, tokens: meter.add(0, tokens))
 
 
 @task(name="signatures", task_run_name="signatures-{in_path.name}", cache_key_fn=content_key("signatures", ("in_path",)), **shard_task)
@@ -105,14 +123,31 @@ def signature_shard(in_path: Path, out_path: Path, settings) -> dict:
     return dedup.signatures(in_path, out_path, settings)
 
 
-@task(name="cluster", cache_key_fn=content_key("cluster", ("signature_paths", "text_paths")), **shard_task)
-def cluster_rows(signature_paths: list[Path], text_paths: list[Path], out_path: Path, settings) -> dict:
-    return dedup.cluster(list(zip(signature_paths, text_paths)), out_path, settings)
+@task(name="bands", task_run_name="bands-{band}", cache_key_fn=content_key("bands", ("signature_paths",)), **shard_task)
+def band_pairs(signature_paths: list[Path], band: int, out_path: Path, settings) -> dict:
+    return dedup.band_pairs(signature_paths, band, out_path, settings)
+
+
+@task(name="cluster", cache_key_fn=content_key("cluster", ("signature_paths", "text_paths", "pair_paths")), **shard_task)
+def cluster_rows(signature_paths: list[Path], text_paths: list[Path], pair_paths: list[Path], out_path: Path, settings) -> dict:
+    return dedup.cluster(list(zip(signature_paths, text_paths)), out_path, settings, pair_paths=pair_paths)
+
+
+def dedup_stage(signature_paths: list[Path], text_paths: list[Path], out_dir: Path, settings, cached: dict) -> dict:
+    """One task per LSH band (candidate pairs from the per-shard band keys), then one
+    cluster task (exact Jaccard verification, union-find, keep rule)."""
+    bands, _ = dedup.lsh_params(settings)
+    pair_paths = [out_dir / "bands" / f"band-{k:03d}.parquet" for k in range(bands)]
+    _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
+                      for k, path in enumerate(pair_paths)])
+    return cluster_rows.with_options(**cached).submit(
+        signature_paths, text_paths, pair_paths, out_dir / "clusters.parquet", settings).result()
 
 
 @task(name="assign-splits", cache_key_fn=content_key("assign", ("clusters_path", "shard_paths")), **shard_task)
-def assign_splits(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits, max_synthetic_share, seed: int) -> dict:
-    return split.assign(clusters_path, shard_paths, out_path, splits, max_synthetic_share, seed)
+def assign_splits(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits, max_synthetic_share, seed: int,
+                  previous: split.Previous | None = None) -> dict:
+    return split.assign(clusters_path, shard_paths, out_path, splits, max_synthetic_share, seed, previous)
 
 
 @task(name="finalize", task_run_name="finalize-{shard_path.name}",
@@ -150,6 +185,11 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     quarantine = base / "quarantine"
     cached = dict(result_storage=base / ".results")
     reports: dict[str, dict] = {}
+    # output.previous: that release's rows, ids and signatures, so held-out lineages stay held out
+    previous = None
+    if recipe.output.previous:
+        previous = (split.prepare_previous(recipe.output.previous, base / "previous", recipe.dedup),
+                    publish.read_manifest(recipe.output.previous)["version"])
 
     def stage_done(stage: str, results: list[dict]) -> StageReport:
         merged = StageReport.merge(stage, results)
@@ -180,7 +220,7 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     augment_futures = []
     if recipe.augment and recipe.augment.fraction > 0:
         # Identities of the weights and the template texts: a changed file regenerates.
-        generator = resolve(recipe.augment.model).identity
+        generator = generator_identity(recipe.augment)
         prompt_ids = [t.prompt_id for t in augment.load_templates(recipe.augment.templates)]
         augmented = [base / "augment" / s.name for s in shards]
         progress.begin("generate", None)
@@ -201,13 +241,17 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
 
     # dedup and split: the only steps that see all rows, through small side files
     clusters_path = base / "dedup" / "clusters.parquet"
-    dedup_report = cluster_rows.with_options(**cached).submit(signature_paths, text_shards, clusters_path, recipe.dedup).result()
+    dedup_report = dedup_stage(signature_paths, text_shards, clusters_path.parent, recipe.dedup, cached)
     reports["dedup"] = dedup_report
     _report_stage(recipe, dedup_report)
+    create_markdown_artifact(key=_artifact_key(recipe.name, "dedup-report"), markdown=dedup.report_markdown(dedup_report),
+                             description=f"{recipe.name} {recipe.version}: dedup report")
     assignments_path = base / "split" / "assignments.parquet"
     cap = recipe.augment.max_synthetic_share if recipe.augment else None
     split_report = assign_splits.with_options(**cached).submit(
-        clusters_path, text_shards, assignments_path, recipe.splits, cap, recipe.seed).result()
+        clusters_path, text_shards, assignments_path, recipe.splits, cap, recipe.seed,
+        split.Previous(str(previous[0]), tuple(map(str, signature_paths)), recipe.dedup.model_dump(), previous[1])
+        if previous else None).result()
     reports["split"] = split_report
     _report_stage(recipe, split_report)
     final = [base / "final" / f"{p.parent.name}-{p.name}" for p in text_shards]
@@ -220,7 +264,8 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
 @task(name="publish", retries=0)
 def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: dict, fingerprints: dict, base: Path) -> Path:
     """Write, validate and commit the release folder; a failed critical expectation stops here."""
-    staging = publish.staging_path(target)
+    remote = publish.is_remote(target)  # output.root is an fsspec URL: build locally, then upload
+    staging = base / f".publish-{recipe.version}.staging" if remote else publish.staging_path(target)
     publish.discard(staging)  # leftovers of a killed run
     try:
         split_rows = {s: v["rows"] for s, v in reports["split"]["extra"]["rows"].items()}
@@ -249,18 +294,24 @@ def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: di
             "packages": publish.package_versions(),
             "seed": recipe.seed,
             "tokenizer": resolve(recipe.tokenizer).identity,
-            **({"generator": resolve(recipe.augment.model).identity} if recipe.augment else {}),
+            **({"generator": generator_identity(recipe.augment)} if recipe.augment else {}),
             "files": files,
             "splits": {s: {"rows": st.rows, "tokens": st.tokens, "synthetic": st.synthetic} for s, st in stats.items()},
             "accounting": publish.accounting(reports, rows_out, synthetic_out),
             "stages": reports,
             "validation": summary,
         }
-        if stats:
-            publish.plot_token_lengths(stats, staging / "plots" / "token_lengths.png")
+        if recipe.output.previous:
+            parent = publish.read_manifest(recipe.output.previous)
+            manifest["parent"] = {"name": parent["name"], "version": parent["version"],
+                                  "fingerprint": parent["fingerprint"]}
+        publish.write_plots(stats, staging / "plots")
         (staging / "README.md").write_text(publish.dataset_card(manifest, stats, reports["dedup"]), encoding="utf-8")
         publish.write_json(manifest, staging / publish.MANIFEST)
-        publish.commit(staging, target)
+        if remote:
+            publish.upload(staging, target)
+        else:
+            publish.commit(staging, target)
     finally:
         publish.discard(staging)
     create_markdown_artifact(

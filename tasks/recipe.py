@@ -143,21 +143,43 @@ class QualityGates(Strict):
     max_source_containment: float = Field(
         0.8, ge=0, le=1, description="share of the generated word 5-grams found in the source (truncated copies)"
     )
+    allow_truncated: bool = Field(
+        False, description="keep generations that hit max_new_tokens (otherwise dropped as `truncated`)"
+    )
+    check_language: bool = Field(
+        True, description="drop as `wrong_language` a generation that is not English when its source is"
+    )
 
 
 class Augment(Strict):
     model: ModelRef = ModelRef(gguf="smollm2")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     templates: list[str] = Field(default_factory=lambda: ["paraphrase"], min_length=1)
     fraction: float = Field(0.1, ge=0, le=1, description="share of source rows to augment")
     max_synthetic_share: float = Field(0.3, ge=0, lt=1, description="cap on synthetic rows per split")
     max_source_tokens: int = Field(512, ge=1, description="longer source rows are not augmented")
     max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="upper bound on rows per batch")
+    batch_tokens: int | None = Field(
+        4096, ge=1, description="token budget per batch: rows x (longest prompt + max_new_tokens); null: rows only"
+    )
+    stop: list[str] = Field(default_factory=list, description="stop sequences: generation ends before the first one")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    endpoint: str | None = Field(None, description="backend openai: the API base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="backend openai: environment variable with the API key")
+    concurrency: int = Field(4, ge=1, description="backend openai: requests in flight at once")
+    request_timeout: float = Field(60.0, gt=0, description="backend openai: seconds per request")
+    max_retries: int = Field(4, ge=0, description="backend openai: retries on timeouts, 429 and 5xx")
+    retry_backoff: float = Field(1.0, ge=0, description="backend openai: first retry delay in seconds, doubling")
     gates: QualityGates = QualityGates()
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> Augment:
+        if self.backend == "openai" and not (self.endpoint and self.model.name):
+            raise ValueError("backend openai needs `endpoint` (the API base URL) and `model: {name: MODEL_ID}`")
+        return self
 
 
 class Dedup(Strict):
@@ -165,6 +187,9 @@ class Dedup(Strict):
     num_perm: int = Field(128, ge=16)
     ngram: int = Field(5, ge=1)
     seed: int = 1
+    recall_target: float = Field(0.98, gt=0, lt=1, description="LSH candidate probability for a pair at the threshold; "
+                                 "bands x rows are chosen to reach it with the fewest false candidates")
+    max_cluster_size: int = Field(1000, ge=2, description="most distinct texts one near-duplicate cluster may join")
 
 
 class Splits(Strict):
@@ -187,8 +212,11 @@ class Validation(Strict):
 
 
 class Output(Strict):
-    root: str = "./releases"
+    root: str = Field("./releases", description="folder or fsspec URL (s3://bucket/prefix) releases are published under")
     shard_rows: int = Field(100_000, ge=1, description="rows per published Parquet file")
+    previous: str | None = Field(
+        None, description="a previous release folder: rows and lineages held out there (validation, test) stay "
+                          "held out, rows in its train stay in train; the manifest records it as `parent`")
 
 
 class Runner(Strict):

@@ -22,7 +22,8 @@ def test_demo_recipe_is_valid():
 
 def test_defaults_are_filled_in_resolved_recipe():
     resolved = parse_recipe(MINIMAL).resolved()
-    assert resolved["dedup"] == {"threshold": 0.8, "num_perm": 128, "ngram": 5, "seed": 1}
+    assert resolved["dedup"] == {"threshold": 0.8, "num_perm": 128, "ngram": 5, "seed": 1, "recall_target": 0.98,
+                                 "max_cluster_size": 1000}
     assert resolved["sources"][0]["license"] == "PSF-2.0"
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.release import ValidationFailed, release
 from tasks.publish import ReleaseExists
-from tasks.shards import read_table
+from tasks.shards import file_sha256, read_table
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,8 @@ def generated_recipe(tmp_path: Path, inputs: Path, **changes) -> dict:
                      "license": "CC0-1.0"}],
         "filters": {"min_tokens": 8, "max_tokens": 512},
         "augment": {"templates": ["paraphrase", "qa"], "fraction": 0.06, "max_new_tokens": 32, "batch_size": 8,
-                    "max_synthetic_share": 0.3, "gates": {"min_length_ratio": 0.05, "min_chars": 10}},
+                    "max_synthetic_share": 0.3, "gates": {"min_length_ratio": 0.05, "min_chars": 10,
+                                                            "allow_truncated": True}},  # 32 tokens truncate most
         "dedup": {"threshold": 0.8},
         "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
         "output": {"root": str(tmp_path / "releases"), "shard_rows": 50},
@@ -198,3 +199,7 @@ def test_gutenberg_and_shakespeare_release(tmp_path, corpora):
     second = Path(release(str(recipe_path), ["version=0.1.1", "work_shard_rows=37"], str(tmp_path / "work2")))
     manifest2 = json.loads((second / "manifest.json").read_text())
     assert manifest2["fingerprint"] == manifest["fingerprint"]
+    # every file, re-hashed from disk (not only the manifests' claims)
+    hashes = {p.relative_to(first).as_posix(): file_sha256(p) for p in (first / "data").glob("*.parquet")}
+    assert hashes == {f["path"]: f["sha256"] for f in manifest["files"]}
+    assert {p.relative_to(second).as_posix(): file_sha256(p) for p in (second / "data").glob("*.parquet")} == hashes

@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows import progress
-from tasks import augment, dedup, ingest, publish, schema, split, tokenize
+from tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
 from tasks.errors import CorpusmillError
 from tasks.generation import Throughput, generator_identity
 from tasks.models import resolve
@@ -305,8 +305,8 @@ def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: di
             parent = publish.read_manifest(recipe.output.previous)
             manifest["parent"] = {"name": parent["name"], "version": parent["version"],
                                   "fingerprint": parent["fingerprint"]}
-        publish.write_plots(stats, staging / "plots")
-        (staging / "README.md").write_text(publish.dataset_card(manifest, stats, reports["dedup"]), encoding="utf-8")
+        card.write_plots(stats, staging / "plots")
+        (staging / "README.md").write_text(card.dataset_card(manifest, stats, reports["dedup"]), encoding="utf-8")
         publish.write_json(manifest, staging / publish.MANIFEST)
         if remote:
             publish.upload(staging, target)

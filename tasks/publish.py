@@ -29,7 +29,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from tasks import schema
-from tasks.card import dataset_card, plot_token_lengths, size_category, write_plots  # noqa: F401 (re-exported)
 from tasks.errors import CorpusmillError
 from tasks.shards import ParquetSink, file_sha256, read_table
 

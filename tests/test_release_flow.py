@@ -203,3 +203,13 @@ def test_gutenberg_and_shakespeare_release(tmp_path, corpora):
     hashes = {p.relative_to(first).as_posix(): file_sha256(p) for p in (first / "data").glob("*.parquet")}
     assert hashes == {f["path"]: f["sha256"] for f in manifest["files"]}
     assert {p.relative_to(second).as_posix(): file_sha256(p) for p in (second / "data").glob("*.parquet")} == hashes
+
+
+def test_nightly_runs_publish_a_dated_prerelease(tmp_path, generated_inputs):
+    recipe = generated_recipe(tmp_path, generated_inputs, augment=None)
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", **recipe)
+    published = Path(release(str(recipe_path), [], str(tmp_path / "work"), nightly=True))
+    assert published.parent == tmp_path / "releases" / "gen-test"
+    base, _, date = published.name.partition("-nightly.")
+    assert base == "1.0.0" and len(date) == 8 and date.isdigit()
+    assert json.loads((published / "manifest.json").read_text())["version"] == published.name

@@ -29,7 +29,7 @@ from tasks.errors import CorpusmillError
 from tasks.generation import Throughput, generator_identity
 from tasks.models import resolve
 from tasks.recipe import Recipe, Runner, load_recipe, source_name
-from tasks.shards import StageReport, file_sha256, read_table
+from tasks.shards import StageReport, file_sha256
 from tasks.validate import validate_release, format_failures
 from expectations.default import SuiteParams
 
@@ -186,10 +186,11 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     cached = dict(result_storage=base / ".results")
     reports: dict[str, dict] = {}
     # output.previous: that release's rows, ids and signatures, so held-out lineages stay held out
-    previous = None
+    previous = parent = None
     if recipe.output.previous:
-        previous = (split.prepare_previous(recipe.output.previous, base / "previous", recipe.dedup),
-                    publish.read_manifest(recipe.output.previous)["version"])
+        parent_manifest = publish.read_manifest(recipe.output.previous)  # once: it may be remote
+        parent = {k: parent_manifest[k] for k in ("name", "version", "fingerprint")}
+        previous = split.prepare_previous(recipe.output.previous, base / "previous", recipe.dedup)
 
     def stage_done(stage: str, results: list[dict]) -> StageReport:
         merged = StageReport.merge(stage, results)
@@ -250,7 +251,7 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     cap = recipe.augment.max_synthetic_share if recipe.augment else None
     split_report = assign_splits.with_options(**cached).submit(
         clusters_path, text_shards, assignments_path, recipe.splits, cap, recipe.seed,
-        split.Previous(str(previous[0]), tuple(map(str, signature_paths)), recipe.dedup.model_dump(), previous[1])
+        split.Previous(str(previous), tuple(map(str, signature_paths)), recipe.dedup.model_dump(), parent["version"])
         if previous else None).result()
     reports["split"] = split_report
     _report_stage(recipe, split_report)
@@ -258,11 +259,12 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     _gather("finalize", [finalize_shard.with_options(**cached).submit(
         p, assignments_path, out, quarantine / f"final-{out.name}") for p, out in zip(text_shards, final)])
 
-    return publish_release(recipe, final, target, reports, fingerprints, base)
+    return publish_release(recipe, final, target, reports, fingerprints, base, parent)
 
 
 @task(name="publish", retries=0)
-def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: dict, fingerprints: dict, base: Path) -> Path:
+def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: dict, fingerprints: dict, base: Path,
+                    parent: dict | None = None) -> Path:
     """Write, validate and commit the release folder; a failed critical expectation stops here."""
     remote = publish.is_remote(target)  # output.root is an fsspec URL: build locally, then upload
     staging = base / f".publish-{recipe.version}.staging" if remote else publish.staging_path(target)
@@ -301,10 +303,8 @@ def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: di
             "stages": reports,
             "validation": summary,
         }
-        if recipe.output.previous:
-            parent = publish.read_manifest(recipe.output.previous)
-            manifest["parent"] = {"name": parent["name"], "version": parent["version"],
-                                  "fingerprint": parent["fingerprint"]}
+        if parent:
+            manifest["parent"] = parent
         card.write_plots(stats, staging / "plots")
         (staging / "README.md").write_text(card.dataset_card(manifest, stats, reports["dedup"]), encoding="utf-8")
         publish.write_json(manifest, staging / publish.MANIFEST)

@@ -12,7 +12,6 @@ is byte-identical on every rebuild.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

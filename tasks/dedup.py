@@ -378,7 +378,6 @@ def features(texts, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _features(texts: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(texts)
     folded = _casefold(texts)
     offsets, data = _string_buffers(folded)
     is_word, is_space = _char_classes(data)

@@ -83,7 +83,7 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
             row_condition=Column("synthetic") == True,  # a GE row condition, not a Python comparison
             meta=_meta(f"every synthetic row must record its provenance, including {column}"),
         )
-        for column in ("parent_id", "generator", "prompt_id")
+        for column in ("parent_id", "generator", "prompt_id", "sampling")
     ]
     no_pii = [
         gxe.ExpectColumnValuesToNotMatchRegex(

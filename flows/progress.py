@@ -12,8 +12,20 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+
+class TokenRateColumn(ProgressColumn):
+    """Generated tokens per second, on bars that count tokens (`advance(..., tokens=n)`)."""
+
+    def render(self, task) -> Text:
+        tokens = task.fields.get("tokens")
+        if tokens is None or not task.elapsed:
+            return Text("")
+        return Text(f"{tokens / task.elapsed:.1f} tok/s", style="progress.data.speed")
+
 
 _progress: Progress | None = None
 _bars: dict[str, int] = {}
@@ -26,7 +38,7 @@ def shown() -> Iterator[None]:
     global _progress
     _progress = Progress(
         TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TokenRateColumn(),
     )
     try:
         with _progress:
@@ -48,6 +60,13 @@ def begin(name: str, total: int | None) -> None:
             _bars[name] = _progress.add_task(name, total=total)
 
 
-def advance(name: str, n: int = 1) -> None:
-    if _progress is not None and name in _bars:
-        _progress.advance(_bars[name], n)
+def advance(name: str, n: int = 1, tokens: int = 0) -> None:
+    """Move the bar `name` on by `n`; `tokens` adds to the tokens its rate column shows."""
+    if _progress is None or name not in _bars:
+        return
+    with _lock:
+        task_id = _bars[name]
+        if tokens:
+            counted = _progress.tasks[task_id].fields.get("tokens", 0)
+            _progress.update(task_id, tokens=counted + tokens)
+        _progress.advance(task_id, n)

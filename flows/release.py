@@ -106,6 +106,10 @@ def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings
         meter.start(rows)
         progress.begin("generate", rows)  # grows the bar's total, so it shows an ETA
 
+    def generated(rows: int, tokens: int) -> None:
+        meter.add(0, tokens)
+        progress.advance("generate", 0, tokens=tokens)
+
     def advanced(rows: int) -> None:
         progress.advance("generate", rows)
         meter.add(rows)
@@ -115,7 +119,7 @@ def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings
             logger.info("augment %s: %s", in_path.name, meter.line())
 
     return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
-                       on_progress=advanced, on_start=started, on_batch=lambda rows, tokens: meter.add(0, tokens))
+                       on_progress=advanced, on_start=started, on_batch=generated)
 
 
 @task(name="signatures", task_run_name="signatures-{in_path.name}", cache_key_fn=content_key("signatures", ("in_path",)), **shard_task)

@@ -337,6 +337,7 @@ def run(
     seconds = time.perf_counter() - started
 
     generator = generator_identity(settings)
+    sampling = settings.model_dump(include={"backend", "temperature", "top_p", "max_new_tokens", "stop"})
     report = StageReport(STAGE, rows_in=len(parents))
     candidates, dropped = [], []
     for parent, template, generation in zip(parents, templates, outputs):
@@ -350,6 +351,7 @@ def run(
             "parent_id": parent["id"],
             "generator": generator,
             "prompt_id": template.prompt_id,
+            "sampling": {**sampling, "seed": generation.seed},
         }
         failed = check_quality(parent["text"], text, settings.gates, generation.finish_reason)
         if failed:

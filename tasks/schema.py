@@ -18,12 +18,26 @@ INGEST = pa.schema(
     ]
 )
 
+# How a synthetic row was generated: enough, with `generator` and `prompt_id`, to generate it
+# again. `seed` is the sampling seed of the row's batch (unused when temperature is 0).
+SAMPLING = pa.struct(
+    [
+        pa.field("backend", pa.string()),
+        pa.field("temperature", pa.float64()),
+        pa.field("top_p", pa.float64()),
+        pa.field("max_new_tokens", pa.int32()),
+        pa.field("stop", pa.list_(pa.string())),
+        pa.field("seed", pa.int64()),
+    ]
+)
+
 # Provenance columns; null on original rows.
 PROVENANCE = [
     pa.field("synthetic", pa.bool_(), nullable=False),
     pa.field("parent_id", pa.string()),
     pa.field("generator", pa.string()),
     pa.field("prompt_id", pa.string()),
+    pa.field("sampling", SAMPLING),
 ]
 
 # After tokenize (and for synthetic rows after augment): token counts and provenance.

@@ -19,6 +19,7 @@ from tasks.augment import (
     PromptTemplate,
     assign_templates,
     generate,
+    generate_detailed,
     load_templates,
     quality_gate,
     select_rows,
@@ -214,6 +215,11 @@ def test_sampling_is_reproducible_from_the_seed(model):
     first = generate(SENTENCES[:2], paraphrase, settings, seed=11)
     assert first == generate(SENTENCES[:2], paraphrase, settings, seed=11)
     assert first != generate(SENTENCES[:2], paraphrase, settings, seed=12)
+    # Each row samples from its own seed: alone, or beside other rows, it draws the same text.
+    alone = generate_detailed(SENTENCES[1:2], paraphrase, settings.model_copy(update={"batch_size": 1}), seed=11)
+    assert alone[0].text == first[1]
+    beside = generate_detailed(SENTENCES[:3], paraphrase, settings.model_copy(update={"batch_size": 3}), seed=11)
+    assert [g.text for g in beside[:2]] == first and beside[1].seed == alone[0].seed
 
 
 def test_generate_returns_outputs_in_input_order(model):
@@ -222,11 +228,10 @@ def test_generate_returns_outputs_in_input_order(model):
     progress: list[int] = []
     usage: dict = {}
     batched = generate(texts, paraphrase, Augment(max_new_tokens=24, batch_size=3), 0, progress.append, usage)
-    assert progress == [3] and 0 < usage["new_tokens"] <= 3 * 24
+    assert sum(progress) == 3 and 0 < usage["new_tokens"] <= 3 * 24  # rows as they end: increments, not a total
     alone = []
     for text in texts:
-        alone += generate([text], paraphrase, Augment(max_new_tokens=24, batch_size=1), 0, progress.append)
-    assert progress == [3, 1, 1, 1]  # rows finished per batch: increments, not a running total
+        alone += generate([text], paraphrase, Augment(max_new_tokens=24, batch_size=1), 0)
 
     # Left padding changes the fp32 arithmetic of the shorter prompts, so a greedy continuation
     # may flip a late token on another CPU (on this one they were identical). Order is checked
@@ -269,7 +274,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
     assert report["stage"] == "augment"
     assert report["extra"]["selected"] == report["rows_in"] == len(SENTENCES)
     assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
-    assert progress == [2, 1]  # per batch of 2
+    assert sum(progress) == len(SENTENCES)  # rows reported as they end
     assert report["extra"]["new_tokens"] > 0 and report["extra"]["seconds"] > 0
     templates = {t.prompt_id for t in load_templates(["paraphrase", "qa"])}
     assert set(report["extra"]["prompt_ids"]) <= templates
@@ -286,6 +291,9 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         assert row["synthetic"] is True and row["parent_id"] != "alice-long"
         assert row["generator"] == generator
         assert row["prompt_id"] in templates
+        assert row["sampling"] == {"backend": "transformers", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 24,
+                                   "stop": [], "seed": row["sampling"]["seed"]}
+        assert isinstance(row["sampling"]["seed"], int)
         assert row["license"] == parent["license"] and row["source"] == parent["source"]
         assert row["id"] == augment.synthetic_id(row["parent_id"], row["prompt_id"], generator)
         assert row["n_tokens"] == len(tokenizer(row["text"], add_special_tokens=False)["input_ids"])

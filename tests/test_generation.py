@@ -13,6 +13,7 @@ from samples import ALICE
 from tasks import augment, schema
 from tasks.augment import generate_detailed, load_templates, quality_gate
 from tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
+from tasks.generation.hf import TransformersBackend, next_tokens, shared_prefixes
 from tasks.models import load_causal_lm, load_tokenizer
 from tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from tasks.shards import read_table, write_table
@@ -26,9 +27,13 @@ SENTENCES = [*ALICE, "Alice laughed."]
 # --- batching --------------------------------------------------------------------------
 
 
+def budget(max_new_tokens: int, batch_size: int, batch_tokens: int | None) -> Augment:
+    return Augment(max_new_tokens=max_new_tokens, batch_size=batch_size, batch_tokens=batch_tokens)
+
+
 def test_plan_batches_sorts_by_length_and_respects_the_token_budget():
     lengths = [10, 50, 30, 200, 40, 45, 12]
-    plan = plan_batches(lengths, max_new_tokens=50, batch_size=16, batch_tokens=300)
+    plan = plan_batches(lengths, budget(50, 16, 300))
     assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
     flat = [i for b in plan for i in b]
     assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
@@ -37,12 +42,12 @@ def test_plan_batches_sorts_by_length_and_respects_the_token_budget():
         assert len(batch) == 1 or len(batch) * (width + 50) <= 300
     assert plan[0] == [3]  # 200 + 50 tokens: alone
     # batch_size stays an upper bound on rows
-    assert max(map(len, plan_batches(lengths, 1, 2, 10_000))) == 2
+    assert max(map(len, plan_batches(lengths, budget(1, 2, 10_000)))) == 2
     # no budget: fixed rows, still sorted
-    assert plan_batches(lengths, 50, 3, None) == [[3, 1, 5], [4, 2, 6], [0]]
+    assert plan_batches(lengths, budget(50, 3, None)) == [[3, 1, 5], [4, 2, 6], [0]]
     # a prompt over the budget on its own still gets a batch
-    assert plan_batches([1000], 50, 8, 100) == [[0]]
-    assert plan_batches([], 50, 8, 100) == []
+    assert plan_batches([1000], budget(50, 8, 100)) == [[0]]
+    assert plan_batches([], budget(50, 8, 100)) == []
 
 
 def test_cut_at_stop_takes_the_earliest_sequence():
@@ -96,15 +101,60 @@ def test_finish_reasons_and_stop_sequences(model):
     assert stopped[0].new_tokens < full[0].new_tokens
 
 
-def test_token_budget_batches_match_the_plan(model):
+def test_rows_join_a_running_batch_and_leave_when_they_end(model):
+    lm = model[0]
     [paraphrase] = load_templates(["paraphrase"])
-    progress: list[int] = []
-    usage: dict = {}
-    # budget for two rows of the longest prompt: the two long prompts pair up, short ones too
-    settings = Augment(max_new_tokens=8, batch_size=16, batch_tokens=2 * (90 + 8))
-    outs = generate_detailed(SENTENCES, paraphrase, settings, 0, progress.append, usage)
-    assert len(outs) == 4 and sum(progress) == 4 and len(progress) == usage["batches"] >= 2
-    assert max(progress) <= 3
+    calls: list[tuple[int, int]] = []  # (rows, input width) of every forward pass
+
+    def record(module, args, kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+
+    handle = lm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        progress: list[int] = []
+        joined = generate_detailed(SENTENCES, paraphrase, Augment(max_new_tokens=120, batch_size=2, batch_tokens=None), 0,
+                                   progress.append)
+    finally:
+        handle.remove()
+    assert sum(progress) == 4 and all(g.finish_reason == "stop" for g in joined)
+
+    # The template's prefix is read once; then each prefill reads only the rows' own tokens.
+    prefix_rows, prefix_width = calls[0]
+    lengths = [p.length for p in TransformersBackend(Augment()).prepare([paraphrase.messages(t) for t in SENTENCES])]
+    assert prefix_rows == 1 and 8 <= prefix_width < min(lengths)
+    prefill_widths = [width for _, width in calls[1:] if width > 1]
+    assert prefill_widths and max(prefill_widths) == max(lengths) - prefix_width
+    assert max(rows for rows, width in calls if width == 1) == 2  # batch_size bounds the rows in flight
+    # A row joined while another was still generating: a one-row prefill, then a two-row step.
+    assert any(calls[k][0] == 1 and calls[k][1] > 1 and calls[k + 1] == (2, 1) for k in range(1, len(calls) - 1))
+
+    # Each row still sees exactly its own prompt: the same greedy text as generating it alone
+    # (fp32 sums over other batch shapes may flip a late token on another CPU, so 3 of 4).
+    alone = [generate_detailed([t], paraphrase, Augment(max_new_tokens=120, batch_size=1), 0)[0] for t in SENTENCES]
+    assert sum(a.text == b.text for a, b in zip(joined, alone)) >= 3
+    assert all(a.text.split()[:6] == b.text.split()[:6] for a, b in zip(joined, alone))
+
+
+def test_shared_prefixes_take_each_templates_whole_prefix():
+    template_a, template_b = list(range(100, 120)), list(range(100, 110)) + list(range(300, 310))
+    rows = [template_a + [1, 2, 3], template_a + [1, 2, 4], template_a + [7], template_b + [5, 6], template_b + [9],
+            [1, 2, 3]]
+    # a and b share 10 tokens: the shortest shared prefix of 8+ tokens covers both templates
+    assert shared_prefixes(rows, min_length=8) == [10, 10, 10, 10, 10, 0]
+    assert shared_prefixes(rows[:3], min_length=8) == [20, 20, 20]  # not 22: "1, 2" is text, not template
+    assert shared_prefixes([template_a, template_a], min_length=8) == [19, 19]  # a row keeps a token of its own
+    assert shared_prefixes([[1, 2, 3], [1, 2, 4]], min_length=8) == [0, 0]
+
+
+def test_top_p_keeps_the_nucleus_and_seeds_make_draws_repeatable():
+    torch = pytest.importorskip("torch")
+    logits = torch.tensor([[4.0, 3.9, -5.0, -5.0], [0.0, 0.0, 0.0, 0.0]])
+    draws = {tuple(next_tokens(logits, 1.0, 0.5, [torch.Generator().manual_seed(s)] * 2).tolist()) for s in range(40)}
+    assert {d[0] for d in draws} <= {0, 1} and len({d[1] for d in draws}) > 1  # row 0: the nucleus only
+    assert next_tokens(logits, 0.0, 1.0, None).tolist() == [0, 0]  # greedy: the argmax
+    first = next_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)])
+    again = next_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)])
+    assert first.tolist() == again.tolist()
 
 
 def test_truncated_generations_are_quarantined(model, tmp_path):
@@ -146,28 +196,33 @@ class Crash(RuntimeError):
     pass
 
 
-def test_a_crash_after_the_first_batch_resumes_with_the_same_text(model, tmp_path):
+def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path):
     shard, _, _ = filter_rows(
         pa.table({"id": [f"a{i}" for i in range(4)], "text": SENTENCES, "source": ["alice"] * 4,
                   "license": ["public-domain"] * 4}, schema=schema.INGEST),
         load_tokenizer(SMOLLM2), Filters(min_tokens=1))
     in_path = write_table(shard, tmp_path / "in.parquet")
-    # Sampling, so "the same text" means the same seeds for the same batches, not just greedy.
+    # Sampling, so "the same text" means each row drew from the same seed, not just greedy.
     settings = Augment(fraction=1.0, max_new_tokens=12, batch_size=2, temperature=1.0, top_p=0.95,
                        gates=QualityGates(min_chars=1, min_length_ratio=0.01, allow_truncated=True))
 
-    def crash_after_first_batch(rows: int) -> None:
-        raise Crash("injected failure after the first batch")
+    finished_before_crash = []
+
+    def crash_after_first_rows(rows: int) -> None:
+        finished_before_crash.append(rows)
+        raise Crash("injected failure once the first rows have ended")
 
     out, q = tmp_path / "augment" / "part-00000.parquet", tmp_path / "q.parquet"
     with pytest.raises(Crash):
-        augment.run(in_path, out, q, settings, 7, SMOLLM2, Filters(min_tokens=1), crash_after_first_batch)
+        augment.run(in_path, out, q, settings, 7, SMOLLM2, Filters(min_tokens=1), crash_after_first_rows)
     checkpoint = tmp_path / "augment" / "checkpoints" / "part-00000.jsonl"
-    assert len(checkpoint.read_text(encoding="utf-8").splitlines()) == 2  # the finished batch, nothing more
+    [finished] = finished_before_crash
+    assert 1 <= finished < 4
+    assert len(checkpoint.read_text(encoding="utf-8").splitlines()) == finished  # the rows that ended, nothing more
     assert not out.exists()
 
     resumed = augment.run(in_path, out, q, settings, 7, SMOLLM2, Filters(min_tokens=1))
-    assert resumed["extra"]["reused"] == 2 and resumed["rows_in"] == 4
+    assert resumed["extra"]["reused"] == finished and resumed["rows_in"] == 4
     resumed_rows = read_table(out).to_pylist()
 
     fresh_out = tmp_path / "fresh" / "part-00000.parquet"
@@ -194,6 +249,23 @@ def test_throughput_line_reports_rate_and_eta():
     now[0] = 110.0
     meter.add(10, 250)
     assert meter.line() == "10/40 rows, 250 new tokens, 25.0 tokens/s, ETA 30 s"
+
+
+def test_generate_bar_shows_tokens_per_second():
+    from types import SimpleNamespace
+
+    from flows import progress
+
+    with progress.shown():
+        progress.begin("generate", 10)
+        progress.advance("generate", 0, tokens=120)  # a batch's tokens, before its rows end
+        progress.advance("generate", 4, tokens=80)
+        [task] = progress._progress.tasks
+        assert task.completed == 4 and task.fields["tokens"] == 200
+    progress.advance("generate", 1, tokens=5)  # no bars shown: a no-op, not an error
+    column = progress.TokenRateColumn()
+    assert column.render(SimpleNamespace(fields={"tokens": 200}, elapsed=4.0)).plain == "50.0 tok/s"
+    assert column.render(SimpleNamespace(fields={}, elapsed=4.0)).plain == ""  # bars that count no tokens
 
 
 def test_style_template_loads():

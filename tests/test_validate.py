@@ -42,6 +42,8 @@ def _synthetic(split: str, i: int, parent: str, **overrides) -> dict:
         "parent_id": parent,
         "generator": "smollm2@sha256:ab12",
         "prompt_id": "paraphrase@1f2e",
+        "sampling": {"backend": "transformers", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "stop": [],
+                     "seed": 12345},
     }
     return _row(split, i, **{**provenance, "text": f"A paraphrase of {parent}, number {i}.", **overrides})
 
@@ -133,6 +135,10 @@ def _no_generator(rows):
     rows["train"][18]["generator"] = None
 
 
+def _no_sampling(rows):
+    rows["test"][4]["sampling"] = None
+
+
 def _email(rows):
     rows["test"][1]["text"] += " Write to jane.doe@example.org for a copy."
 
@@ -154,6 +160,9 @@ DEFECTS = [
     ),
     pytest.param(
         _no_generator, "train", "expect_column_values_to_not_be_null", "generator", "train-018", id="no-generator"
+    ),
+    pytest.param(
+        _no_sampling, "test", "expect_column_values_to_not_be_null", "sampling", "test-004", id="no-sampling"
     ),
     pytest.param(_email, "test", "expect_column_values_to_not_match_regex", "text", "test-001", id="email"),
     pytest.param(

@@ -1,16 +1,42 @@
-"""The transformers backend: batched `model.generate` with left padding, on CPU or CUDA."""
+"""The transformers backend: continuous batching over a transformers causal LM, CPU or CUDA.
+
+It runs the model's forward pass itself rather than `model.generate`, which works batch by
+batch and keeps every row of a batch until its longest row ends. Here:
+
+- rows enter the batch longest prompt first while `augment.batch_size` and
+  `augment.batch_tokens` allow (the same budget rule as `plan_batches`), and a row leaves
+  as soon as it ends (end-of-sequence token, stop sequence or `max_new_tokens`), its place
+  taken by the next waiting rows: the batch stays full until the queue runs dry;
+- prompts made from the same template share a prefix (chat template, system prompt,
+  instruction): its KV cache is computed once and copied into each row, so the prefill
+  covers only each row's own tokens;
+- each row keeps its own position ids and attention mask (rows are left-padded against
+  each other in the cache), so it sees exactly its unpadded prompt.
+
+Greedy decoding takes the argmax; sampling applies temperature, then top-p, and draws from
+the row's own `torch.Generator`, seeded with its seed, so a row's text does not depend on
+which rows shared the batch with it.
+
+Rows joining a running batch need plain full-attention caches (`DynamicLayer`: Llama,
+Qwen, SmolLM, Mistral without a sliding window, ...); for other caches (sliding windows,
+recurrent layers) rows enter only once the batch has drained, and no prefix is shared.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections import deque
+from typing import Iterator, Sequence
 
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop
+from tasks.generation import Generation, Messages, Prepared, cut_at_stop, fits_budget
 from tasks.models import load_causal_lm
 
-# One generation at a time per process: the seeded sampling uses torch's global RNG, and two
-# shard tasks generating at once on a CPU only fight over the same cores.
+# One generation at a time per process: two shard tasks generating at once on a CPU (or
+# one GPU) only fight over the same cores and memory.
 generate_lock = threading.Lock()
+
+# A prefix shorter than this is not worth a cache of its own.
+MIN_SHARED_PREFIX = 8
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -20,15 +46,118 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
 
 
+def shared_prefixes(sequences: Sequence[Sequence[int]], min_length: int = MIN_SHARED_PREFIX) -> list[int]:
+    """For each sequence, the length of the shared prefix to cache for it (0 for none).
+
+    Candidates are the common prefixes of neighbours in sorted order that are at least
+    `min_length` long; of those, only the shortest are kept (none a prefix of another), so
+    rows of one template share its whole prefix, not one cache per first word of their text.
+    A prefix always leaves its row at least one token of its own.
+    """
+    def common(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    ordered = sorted(tuple(s) for s in sequences)
+    candidates = {a[:n] for a, b in zip(ordered, ordered[1:]) if (n := common(a, b)) >= min_length}
+    minimal = [p for p in candidates if not any(q != p and p[: len(q)] == q for q in candidates)]
+    lengths = []
+    for s in sequences:
+        n = next((len(p) for p in minimal if tuple(s[: len(p)]) == p), 0)
+        lengths.append(min(n, len(s) - 1) if n >= min_length and len(s) - 1 >= min_length else 0)
+    return lengths
+
+
+def next_tokens(logits, temperature: float, top_p: float, generators):
+    """One token per row of `logits` (rows x vocabulary): the argmax when `temperature` is 0,
+    else a draw, with the row's generator, from the temperature-scaled distribution cut to
+    its top-p nucleus."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the most likely tokens up to and including the one that reaches top_p.
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
+    drawn = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+    return drawn if order is None else order.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+
+
+class Batch:
+    """The rows in flight: their KV cache, attention mask (rows x cache columns), last
+    position id and the token each feeds in next; rows are indices into the stream's input."""
+
+    def __init__(self, cache, mask, positions, pending, rows: list[int]):
+        self.cache, self.mask, self.positions, self.pending, self.rows = cache, mask, positions, pending, rows
+
+    def keep(self, kept: list[int]) -> None:
+        """Keep only the rows at these places of the batch."""
+        import torch
+
+        if len(kept) == len(self.rows):
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.pending = self.mask[index], self.positions[index], self.pending[index]
+        self.rows = [self.rows[k] for k in kept]
+
+    def trim(self, min_columns: int = 16) -> None:
+        """Drop leading columns no row attends to any more (left by rows that have left)."""
+        import torch
+
+        first = int(torch.argmax(self.mask, dim=-1).min())  # the first column some row still uses
+        if first < min_columns:
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.mask = self.mask[:, first:]
+
+    def join(self, other: Batch) -> None:
+        """Add `other`'s rows: the shorter cache is left-padded with masked columns."""
+        import torch
+
+        def left_pad(t, n: int, dim: int):
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            for name in ("keys", "values"):
+                a, b = getattr(mine, name), getattr(theirs, name)
+                setattr(mine, name, torch.cat([left_pad(a, width - a.shape[2], 2), left_pad(b, width - b.shape[2], 2)]))
+        self.mask = torch.cat([left_pad(self.mask, width - self.mask.shape[1], 1),
+                               left_pad(other.mask, width - other.mask.shape[1], 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.pending = torch.cat([self.pending, other.pending])
+        self.rows = self.rows + other.rows
+
+
 class TransformersBackend:
     name = "transformers"
 
     def __init__(self, settings):
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
         self.settings = settings
         self.model, self.tokenizer, self.device = load_causal_lm(settings.model, settings.device)
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        # Rows can join a running batch, and copy a cached prefix, only where every layer's
+        # cache is a plain growing tensor.
+        self.joinable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+        self.prefix_caches: dict[tuple[int, ...], object] = {}
 
     def prepare(self, messages: Sequence[Messages]) -> list[Prepared]:
         rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
@@ -36,48 +165,136 @@ class TransformersBackend:
         encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
 
-    def options(self) -> dict:
-        s = self.settings
-        options = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=sorted(self.stop_ids))
-        if s.stop:
-            options.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
-        if s.temperature > 0:
-            # top_k=0 turns off transformers' default top-k, so temperature and top_p are the whole rule.
-            options.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
-        else:
-            options.update(do_sample=False)
-        return options
+    def prefix_cache(self, prefix: tuple[int, ...]):
+        """The KV cache of `prefix` (one row), computed on first use."""
+        import torch
+        from transformers import DynamicCache
 
-    def generate(self, batch: Sequence[Prepared], seed: int) -> list[Generation]:
+        if prefix not in self.prefix_caches:
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.prefix_caches[prefix] = cache
+        return self.prefix_caches[prefix]
+
+    def prefill(self, encoded: list[list[int]], prefixes: list[int]):
+        """A `Batch` of new rows with their prompts read, and the logits of their next token.
+
+        Each row's cached prefix (right-aligned, left-padded) comes first, then its own
+        tokens, left-padded to the longest; position ids continue from the row's prefix.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        rows = len(encoded)
+        widest_prefix = max(prefixes)
+        own = [e[p:] for e, p in zip(encoded, prefixes)]
+        width = max(len(o) for o in own)
+        cache = DynamicCache(config=self.model.config)
+        if widest_prefix:
+            cached = [self.prefix_cache(tuple(e[:p])) if p else None for e, p in zip(encoded, prefixes)]
+            template = next(c for c in cached if c is not None)
+            for i, layer in enumerate(template.layers):
+                keys = layer.keys.new_zeros((rows, *layer.keys.shape[1:2], widest_prefix, layer.keys.shape[3]))
+                values = torch.zeros_like(keys)
+                for row, (c, p) in enumerate(zip(cached, prefixes)):
+                    if p:
+                        keys[row, :, widest_prefix - p :] = c.layers[i].keys[0]
+                        values[row, :, widest_prefix - p :] = c.layers[i].values[0]
+                cache.update(keys, values, i)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, widest_prefix + width), dtype=torch.long)
+        positions = torch.zeros((rows, width), dtype=torch.long)
+        for row, (o, p) in enumerate(zip(own, prefixes)):
+            input_ids[row, width - len(o) :] = torch.tensor(o, dtype=torch.long)
+            mask[row, widest_prefix - p : widest_prefix] = 1
+            mask[row, widest_prefix + width - len(o) :] = 1
+            positions[row, width - len(o) :] = torch.arange(p, p + len(o))
+        mask, positions = mask.to(self.device), positions.to(self.device)
+        logits = self.model(
+            input_ids=input_ids.to(self.device), attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :]
+        return Batch(cache, mask, positions[:, -1:], None, []), logits
+
+    def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
+        """Generate every row of `rows`; yield the rows that ended at each step, as (index, generation)."""
         import torch
 
-        encoded = [p.payload for p in batch]
-        width = max(len(e) for e in encoded)
-        # Left padding, since a decoder-only model continues from each row's last position.
-        # Built here rather than by tokenizer.pad: the shared tokenizer's padding_side stays
-        # untouched, and models without a pad token (Llama 3, Mistral) pad with eos.
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            input_ids[row, width - len(e) :] = torch.tensor(e, dtype=torch.long)
-            attention[row, width - len(e) :] = 1
+        s = self.settings
+        encoded = [p.payload for p in rows]
+        prefixes = shared_prefixes(encoded) if self.joinable else [0] * len(rows)
+        waiting = deque(sorted(range(len(rows)), key=lambda i: (-rows[i].length, i)))
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long)
+        longest_stop = max((len(x) for x in s.stop), default=0)
+        produced: dict[int, list[int]] = {}
+        batch: Batch | None = None
+
+        def finished(row: int, reason: str) -> tuple[int, Generation]:
+            tokens = produced.pop(row)
+            text, _ = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), s.stop)
+            return row, Generation(text.strip(), reason, len(tokens), seeds[row])
+
+        def choose(logits, batch_rows: list[int]):
+            """Record each row's next token: (places of the rows going on, rows that ended, the tokens)."""
+            chosen = next_tokens(logits, s.temperature, s.top_p, [generators[r] for r in batch_rows]).cpu()
+            ended = torch.isin(chosen, stop_ids).tolist()
+            going, done = [], []
+            for k, (row, token) in enumerate(zip(batch_rows, chosen.tolist())):
+                produced.setdefault(row, []).append(token)
+                if not ended[k] and longest_stop:
+                    # A stop sequence can only end in the newest text: look at the tail.
+                    tail = self.tokenizer.decode(produced[row][-2 * longest_stop - 4 :], skip_special_tokens=True)
+                    ended[k] = any(x and x in tail for x in s.stop)
+                if ended[k]:
+                    done.append(finished(row, "stop"))
+                elif len(produced[row]) >= s.max_new_tokens:
+                    done.append(finished(row, "length"))
+                else:
+                    going.append(k)
+            return going, done, chosen
+
         with generate_lock, torch.inference_mode():
-            if self.settings.temperature > 0:
-                torch.manual_seed(seed)
-            result = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **self.options()
-            )
-        new = result[:, width:].cpu().tolist()
-        out = []
-        for tokens in new:
-            end = next((k + 1 for k, t in enumerate(tokens) if t in self.stop_ids), None)
-            produced = tokens[:end] if end is not None else tokens
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, self.settings.stop)
-            n = len(produced)
-            if stopped and end is None:
-                # A row ended by a stop sequence is padded to the batch's length afterwards.
-                n = next((k for k, t in enumerate(tokens) if t == self.pad_id), n)
-            finished = end is not None or stopped
-            out.append(Generation(text.strip(), "stop" if finished else "length", n))
-        return out
+            while waiting or batch is not None:
+                # Admit the next rows while the budget allows (the first one always).
+                in_flight = batch.rows if batch is not None else []
+                if waiting and (self.joinable or not in_flight):
+                    widest = max((rows[r].length for r in in_flight), default=0)
+                    admitted = []
+                    while waiting and (not in_flight and not admitted or fits_budget(
+                            len(in_flight) + len(admitted) + 1, max(widest, rows[waiting[0]].length), s)):
+                        admitted.append(waiting.popleft())
+                    if admitted:
+                        new, logits = self.prefill([encoded[r] for r in admitted], [prefixes[r] for r in admitted])
+                        going, done, chosen = choose(logits, admitted)
+                        if done:
+                            yield done
+                        if going:
+                            new.pending, new.rows = chosen[going].to(self.device), [admitted[k] for k in going]
+                            index = torch.tensor(going, dtype=torch.long, device=self.device)
+                            new.cache.batch_select_indices(index)
+                            new.mask, new.positions = new.mask[index], new.positions[index]
+                            if batch is None:
+                                batch = new
+                            else:
+                                batch.join(new)
+                        continue  # admit again: rows that ended at once freed their places
+                if batch is None:
+                    continue
+                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
+                batch.positions = batch.positions + 1
+                logits = self.model(
+                    input_ids=batch.pending.unsqueeze(-1), attention_mask=batch.mask, position_ids=batch.positions,
+                    past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
+                ).logits[:, -1, :]
+                going, done, chosen = choose(logits, batch.rows)
+                batch.pending = chosen.to(self.device)
+                if done:
+                    yield done
+                    if not going:
+                        batch = None
+                        continue
+                    batch.keep(going)
+                    if self.joinable:
+                        batch.trim()

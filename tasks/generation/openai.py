@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from tasks.errors import CorpusmillError
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop
+from tasks.generation import BatchBackend, Generation, Messages, Prepared, cut_at_stop
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -26,7 +26,7 @@ class EndpointUnavailable(RuntimeError):
     """Retries exhausted: not a recipe error, so the flow's own task retries may try again."""
 
 
-class OpenAIBackend:
+class OpenAIBackend(BatchBackend):
     name = "openai"
 
     def __init__(self, settings, sleep=time.sleep):
@@ -57,7 +57,7 @@ class OpenAIBackend:
         s = self.settings
         body = {"model": s.model.name, "messages": messages, "max_tokens": s.max_new_tokens, "temperature": s.temperature}
         if s.temperature > 0:
-            body.update(top_p=s.top_p, seed=seed % 2**31)
+            body.update(top_p=s.top_p, seed=seed)
         if s.stop:
             body["stop"] = list(s.stop)
         return body
@@ -91,9 +91,9 @@ class OpenAIBackend:
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 raise CorpusmillError(f"the endpoint {self.url} answered something that is not a chat completion: {e}") from None
             text, _ = cut_at_stop(text, s.stop)
-            return Generation(text.strip(), "length" if reason == "length" else "stop", tokens)
+            return Generation(text.strip(), "length" if reason == "length" else "stop", tokens, seed)
         raise EndpointUnavailable(f"{self.url} failed {s.max_retries + 1} times; last: {last}")
 
-    def generate(self, batch: Sequence[Prepared], seed: int) -> list[Generation]:
+    def generate(self, batch: Sequence[Prepared], seeds: Sequence[int]) -> list[Generation]:
         with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(batch))) as pool:
-            return list(pool.map(lambda item: self._request(item[1].payload, seed + item[0]), enumerate(batch)))
+            return list(pool.map(lambda item: self._request(item[0].payload, item[1] % 2**31), zip(batch, seeds)))

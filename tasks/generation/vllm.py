@@ -7,7 +7,7 @@ import functools
 from typing import Sequence
 
 from tasks.errors import CorpusmillError
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop
+from tasks.generation import BatchBackend, Generation, Messages, Prepared, cut_at_stop
 from tasks.models import load_tokenizer, resolve
 
 INSTALL_HINT = "augment.backend 'vllm' needs the vllm package: pip install vllm on a CUDA machine (or use backend: transformers)"
@@ -32,7 +32,7 @@ def _engine(ref):
     return vllm.LLM(model=resolved.location, revision=resolved.revision, seed=0)
 
 
-class VLLMBackend:
+class VLLMBackend(BatchBackend):
     name = "vllm"
 
     def __init__(self, settings):
@@ -46,20 +46,21 @@ class VLLMBackend:
         encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
 
-    def generate(self, batch: Sequence[Prepared], seed: int) -> list[Generation]:
+    def generate(self, batch: Sequence[Prepared], seeds: Sequence[int]) -> list[Generation]:
         vllm = import_vllm()
         s = self.settings
         params = [
             vllm.SamplingParams(
                 max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
-                stop=list(s.stop) or None, seed=(seed + row) % 2**63 if s.temperature > 0 else None,
+                stop=list(s.stop) or None, seed=row_seed if s.temperature > 0 else None,
             )
-            for row in range(len(batch))
+            for row_seed in seeds
         ]
         results = self.llm.generate([{"prompt_token_ids": p.payload} for p in batch], params, use_tqdm=False)
         out = []
-        for r in results:
+        for r, row_seed in zip(results, seeds):
             c = r.outputs[0]
             text, _ = cut_at_stop(c.text, s.stop)
-            out.append(Generation(text.strip(), "length" if c.finish_reason == "length" else "stop", len(c.token_ids)))
+            reason = "length" if c.finish_reason == "length" else "stop"
+            out.append(Generation(text.strip(), reason, len(c.token_ids), row_seed))
         return out

@@ -13,7 +13,7 @@ from samples import ALICE
 from tasks import augment, schema
 from tasks.augment import generate_detailed, load_templates, quality_gate
 from tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
-from tasks.generation.hf import TransformersBackend, next_tokens, shared_prefixes
+from tasks.generation.hf import TransformersBackend, growing_layer_class, next_tokens, shared_prefixes
 from tasks.models import load_causal_lm, load_tokenizer
 from tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from tasks.shards import read_table, write_table
@@ -133,6 +133,28 @@ def test_rows_join_a_running_batch_and_leave_when_they_end(model):
     alone = [generate_detailed([t], paraphrase, Augment(max_new_tokens=120, batch_size=1), 0)[0] for t in SENTENCES]
     assert sum(a.text == b.text for a, b in zip(joined, alone)) >= 3
     assert all(a.text.split()[:6] == b.text.split()[:6] for a, b in zip(joined, alone))
+
+
+def test_growing_layer_appends_in_place_and_matches_dynamic_layer():
+    torch = pytest.importorskip("torch")
+    from transformers.cache_utils import DynamicLayer
+
+    grow, plain = growing_layer_class()(), DynamicLayer()
+    first = torch.randn(2, 3, 5, 4)
+    for layer in (grow, plain):
+        layer.update(first, first + 1)
+    buffer = grow.buffers[0].data_ptr()
+    for _ in range(10):
+        step = torch.randn(2, 3, 1, 4)
+        for layer in (grow, plain):
+            layer.update(step, step * 2)
+    assert grow.buffers[0].data_ptr() == buffer  # each step wrote into the first buffer: no copy of the cache
+    assert torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
+    # A row leaves (the tensors are replaced): the next update moves into a new buffer of one row.
+    for layer in (grow, plain):
+        layer.batch_select_indices(torch.tensor([1]))
+        layer.update(first[:1, :, :1], first[:1, :, :1])
+    assert grow.buffers[0].shape[0] == 1 and torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
 
 
 def test_shared_prefixes_take_each_templates_whole_prefix():

@@ -13,10 +13,12 @@ id, split, source and n_tokens), so the text itself is never held for a whole re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import schema
@@ -32,12 +34,17 @@ def release_rows(release: Path) -> pd.DataFrame:
     manifest = read_manifest(release)
     frames = []
     for f in sorted(manifest["files"], key=lambda f: f["path"]):
-        df = pq.read_table(Path(release) / f["path"]).to_pandas()
-        out = pd.DataFrame({"id": df["id"], "split": f["split"], "source": df["source"],
-                            "n_tokens": df["n_tokens"].astype("int64")})
+        table = pq.read_table(Path(release) / f["path"])
+        out = pd.DataFrame({"id": table.column("id").to_pandas(), "split": f["split"],
+                            "source": table.column("source").to_pandas(),
+                            "n_tokens": table.column("n_tokens").to_pandas().astype("int64")})
         for column in COMPARED:
-            if column in df.columns:
-                out[f"h:{column}"] = pd.util.hash_pandas_object(df[column], index=False).to_numpy()
+            if column in table.column_names:
+                values = table.column(column)
+                if pa.types.is_nested(values.type):  # `sampling`: pandas cannot hash dicts; hash canonical JSON
+                    values = pa.array([None if v is None else json.dumps(v, sort_keys=True) for v in values.to_pylist()],
+                                      pa.string())
+                out[f"h:{column}"] = pd.util.hash_pandas_object(values.to_pandas(), index=False).to_numpy()
         frames.append(out)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c == "n_tokens" else "str") for c in KEY_COLUMNS})

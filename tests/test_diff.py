@@ -14,12 +14,15 @@ from tasks.publish import fingerprint, write_splits
 from tasks.shards import write_table
 
 
-def make_release(folder, rows, version="1.0.0"):
-    """A minimal release: `rows` are (id, split, source, text, n_tokens)."""
+def make_release(folder, rows, version="1.0.0", sampling=None):
+    """A minimal release: `rows` are (id, split, source, text, n_tokens); `sampling` maps ids to a
+    synthetic row's sampling settings."""
+    sampling = sampling or {}
     fields = list(schema.RELEASE) + [pa.field("split", pa.string())]
     table = pa.Table.from_pylist([
         {"id": i, "text": text, "source": source, "license": "CC0-1.0", "n_tokens": n, "synthetic": False,
-         "parent_id": None, "generator": None, "prompt_id": None, "cluster_id": i, "split": split}
+         "parent_id": None, "generator": None, "prompt_id": None, "sampling": sampling.get(i), "cluster_id": i,
+         "split": split}
         for i, split, source, text, n in rows], schema=pa.schema(fields))
     write_table(table, folder / "final.parquet")
     counts = {s: sum(r[1] == s for r in rows) for s in schema.SPLITS}
@@ -64,3 +67,18 @@ def test_diff_counts_rows_and_tokens(tmp_path):
 def test_diff_of_a_missing_release_is_one_paragraph(tmp_path):
     out = CliRunner().invoke(app, ["diff", str(tmp_path), str(tmp_path)])
     assert out.exit_code == 1 and "manifest.json" in out.output and "Traceback" not in out.output
+
+
+def test_diff_compares_the_sampling_of_synthetic_rows(tmp_path):
+    def settings(seed):
+        return {"backend": "transformers", "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "stop": ["###"],
+                "seed": seed}
+
+    rows = [("s1", "train", "web", "a paraphrase", 5), ("s2", "train", "web", "another one", 6),
+            ("o1", "train", "web", "an original", 7)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = make_release(tmp_path / "a", rows, sampling={"s1": settings(1), "s2": settings(2)})
+    b = make_release(tmp_path / "b", rows, "1.0.1", sampling={"s1": settings(1), "s2": settings(3)})
+    result = diff_releases(a, b)
+    assert result["totals"]["changed"] == 1  # only s2's seed differs

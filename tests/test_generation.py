@@ -218,6 +218,22 @@ class Crash(RuntimeError):
     pass
 
 
+def test_a_failed_consumer_releases_the_generation_lock(model):
+    from tasks.generation.hf import generate_lock
+
+    [paraphrase] = load_templates(["paraphrase"])
+
+    def fail(rows: int) -> None:
+        raise Crash("the task failed while rows were still generating")
+
+    # `kept` holds the traceback, and with it the engine's frames, as a failed task's state does.
+    with pytest.raises(Crash) as kept:
+        generate_detailed(SENTENCES[:3], paraphrase, Augment(max_new_tokens=4, batch_size=1), 0, fail)
+    assert kept.value.__traceback__ is not None
+    assert generate_lock.acquire(blocking=False), "a failed generation left the device lock held"
+    generate_lock.release()
+
+
 def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path):
     shard, _, _ = filter_rows(
         pa.table({"id": [f"a{i}" for i in range(4)], "text": SENTENCES, "source": ["alice"] * 4,

@@ -22,6 +22,7 @@ resume; greedy decoding ignores the seed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -258,20 +259,23 @@ def generate_all(
         if on_progress is not None:
             on_progress(len(outputs) - len(todo))
     stream = backend.stream([prepared[i] for i in todo], [row_seed(seed, prepared[i].key) for i in todo])
-    for group in stream:
-        rows = [todo[j] for j, _ in group]
-        generated = [g for _, g in group]
-        checkpoint.append([keys[i] for i in rows], generated)
-        for i, g in zip(rows, generated):
-            outputs[i] = g
-        new_tokens = sum(g.new_tokens for g in generated)
-        if usage is not None:
-            usage["prompt_tokens"] += sum(prepared[i].length for i in rows)
-            usage["new_tokens"] += new_tokens
-        if on_batch is not None:
-            on_batch(len(rows), new_tokens)
-        if on_progress is not None:
-            on_progress(len(rows))
+    # Closed however this loop ends: a backend holds its device lock while it streams, and a
+    # failed task's traceback would otherwise keep the suspended stream, and the lock, alive.
+    with contextlib.closing(stream):
+        for group in stream:
+            rows = [todo[j] for j, _ in group]
+            generated = [g for _, g in group]
+            checkpoint.append([keys[i] for i in rows], generated)
+            for i, g in zip(rows, generated):
+                outputs[i] = g
+            new_tokens = sum(g.new_tokens for g in generated)
+            if usage is not None:
+                usage["prompt_tokens"] += sum(prepared[i].length for i in rows)
+                usage["new_tokens"] += new_tokens
+            if on_batch is not None:
+                on_batch(len(rows), new_tokens)
+            if on_progress is not None:
+                on_progress(len(rows))
     checkpoint.compact(set(keys))
     return outputs  # type: ignore[return-value]
 

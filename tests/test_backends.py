@@ -31,10 +31,14 @@ SOURCES = [
 
 
 class Server:
-    """A chat completions server: `fail` answers per request number (e.g. {0: 503}), `delay` seconds."""
+    """A chat completions server: `fail` answers per request number (e.g. {0: 503}), `delay` seconds;
+    `slow` seconds for prompts that contain `slow_word`, noting in `requests_when_slow_ended` how
+    many requests had arrived by the time it answered."""
 
-    def __init__(self, fail: dict[int, int] | None = None, always: int | None = None, delay: float = 0.0):
+    def __init__(self, fail: dict[int, int] | None = None, always: int | None = None, delay: float = 0.0,
+                 slow: float = 0.0, slow_word: str = "waistcoat"):
         self.requests: list[dict] = []
+        self.requests_when_slow_ended: int | None = None
         self.headers: list[dict] = []
         self.lock = threading.Lock()
         outer = self
@@ -52,6 +56,10 @@ class Server:
                 status = always or (fail or {}).get(n)
                 if delay:
                     time.sleep(delay)
+                if slow and slow_word in body["messages"][-1]["content"]:
+                    time.sleep(slow)
+                    with outer.lock:
+                        outer.requests_when_slow_ended = len(outer.requests)
                 if status:
                     payload, code = {"error": {"message": f"canned {status}"}}, status
                 else:
@@ -111,6 +119,20 @@ def test_openai_backend_generates_in_order_with_a_retry(monkeypatch):
     assert body["model"] == "canned-model" and body["max_tokens"] == 40 and body["temperature"] == 0
     assert body["stop"] == ["STOP"] and body["messages"][0]["role"] == "system"
     assert all(h.get("Authorization") == "Bearer secret-123" for h in server.headers)
+
+
+def test_openai_backend_keeps_every_slot_busy():
+    [paraphrase] = load_templates(["paraphrase"])
+    sources = [SOURCES[1]] + [f"Alice counted {n} white rabbits running past the old oak tree." for n in range(2, 8)]
+    progress: list[int] = []
+    with Server(slow=1.0) as server:
+        out = generate_detailed(sources, paraphrase, settings(server.endpoint, concurrency=2, batch_size=2), 0,
+                                progress.append)
+    assert len(out) == len(sources) and all(g.text.startswith("In other words: ") for g in out)
+    assert sum(progress) == len(sources)
+    # While the first row's answer was slow, the other slot went on through every other row:
+    # no batch waited for it.
+    assert server.requests_when_slow_ended == len(sources)
 
 
 def test_openai_backend_bounded_retries_and_clear_errors():

@@ -10,8 +10,8 @@ one `Generation` per row, in the order given:
    `augment.batch_size` rows at once), and reports rows as they end, with why: `"stop"`
    (end-of-sequence token or one of `augment.stop`) or `"length"` (`max_new_tokens` was
    reached, the text is truncated). The transformers backend batches continuously (a row
-   that ends makes room for the next at once); vllm and openai generate the batches of
-   `plan_batches`;
+   that ends makes room for the next at once), openai keeps `augment.concurrency`
+   requests in flight, and vllm generates the batches of `plan_batches`;
 4. finished rows are appended to the checkpoint as they end, so a crash loses at most the
    rows in flight and a rerun generates only the rest.
 
@@ -95,19 +95,6 @@ def plan_batches(lengths: Sequence[int], settings) -> list[list[int]]:
         else:
             batches.append([i])
     return batches
-
-
-class BatchBackend:
-    """A backend that generates whole batches (`generate`): `stream` runs `plan_batches`."""
-
-    settings: Any
-
-    def generate(self, batch: Sequence[Prepared], seeds: Sequence[int]) -> list[Generation]:
-        raise NotImplementedError
-
-    def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
-        for batch in plan_batches([r.length for r in rows], self.settings):
-            yield list(zip(batch, self.generate([rows[i] for i in batch], [seeds[i] for i in batch])))
 
 
 def row_seed(seed: int, prompt_key: str) -> int:

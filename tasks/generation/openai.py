@@ -1,10 +1,11 @@
 """The OpenAI-compatible backend: any chat completions endpoint (OpenAI, vLLM's server,
 llama.cpp's server, TGI, ...).
 
-Each batch's rows are sent concurrently (at most `augment.concurrency` requests in flight).
+Rows are sent `augment.concurrency` at a time, and a finished request is followed at once
+by the next row's, so a slow answer holds up only its own slot, never a batch of others.
 A request is retried on connection errors, timeouts, 429 and 5xx, at most
 `augment.max_retries` times with exponential backoff; every request has a timeout
-(`augment.request_timeout`), so a batch is bounded in time. Other 4xx answers are errors
+(`augment.request_timeout`), so every row is bounded in time. Other 4xx answers are errors
 in the recipe or the key: they stop the stage at once with the server's message.
 """
 
@@ -13,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Iterator, Sequence
 
 from tasks.errors import CorpusmillError
-from tasks.generation import BatchBackend, Generation, Messages, Prepared, cut_at_stop
+from tasks.generation import Generation, Messages, Prepared, cut_at_stop
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -26,7 +27,7 @@ class EndpointUnavailable(RuntimeError):
     """Retries exhausted: not a recipe error, so the flow's own task retries may try again."""
 
 
-class OpenAIBackend(BatchBackend):
+class OpenAIBackend:
     name = "openai"
 
     def __init__(self, settings, sleep=time.sleep):
@@ -94,6 +95,15 @@ class OpenAIBackend(BatchBackend):
             return Generation(text.strip(), "length" if reason == "length" else "stop", tokens, seed)
         raise EndpointUnavailable(f"{self.url} failed {s.max_retries + 1} times; last: {last}")
 
-    def generate(self, batch: Sequence[Prepared], seeds: Sequence[int]) -> list[Generation]:
-        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(batch))) as pool:
-            return list(pool.map(lambda item: self._request(item[0].payload, item[1] % 2**31), zip(batch, seeds)))
+    def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
+        if not rows:
+            return
+        pool = ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(rows)))
+        # Endpoints take seeds up to 2**31 - 1; the row records the seed it was sent.
+        futures = {pool.submit(self._request, row.payload, seed % 2**31): i
+                   for i, (row, seed) in enumerate(zip(rows, seeds))}
+        try:
+            for future in as_completed(futures):
+                yield [(futures[future], future.result())]
+        finally:  # on an error, requests not yet sent are dropped; those in flight end within their timeout
+            pool.shutdown(wait=True, cancel_futures=True)

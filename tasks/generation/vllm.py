@@ -4,10 +4,10 @@ the checkpoint granularity. Import-gated: vLLM is not a dependency of corpusmill
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tasks.errors import CorpusmillError
-from tasks.generation import BatchBackend, Generation, Messages, Prepared, cut_at_stop
+from tasks.generation import Generation, Messages, Prepared, cut_at_stop, plan_batches
 from tasks.models import load_tokenizer, resolve
 
 INSTALL_HINT = "augment.backend 'vllm' needs the vllm package: pip install vllm on a CUDA machine (or use backend: transformers)"
@@ -32,7 +32,7 @@ def _engine(ref):
     return vllm.LLM(model=resolved.location, revision=resolved.revision, seed=0)
 
 
-class VLLMBackend(BatchBackend):
+class VLLMBackend:
     name = "vllm"
 
     def __init__(self, settings):
@@ -45,6 +45,11 @@ class VLLMBackend(BatchBackend):
         rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
         encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
+
+    def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
+        # vLLM batches continuously inside each call; the plan's batches bound what a crash loses.
+        for batch in plan_batches([r.length for r in rows], self.settings):
+            yield list(zip(batch, self.generate([rows[i] for i in batch], [seeds[i] for i in batch])))
 
     def generate(self, batch: Sequence[Prepared], seeds: Sequence[int]) -> list[Generation]:
         vllm = import_vllm()

@@ -119,7 +119,7 @@ def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings
             logger.info("augment %s: %s", in_path.name, meter.line())
 
     return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
-                       on_progress=advanced, on_start=started, on_batch=generated)
+                       on_progress=advanced, on_start=started, on_generated=generated)
 
 
 @task(name="signatures", task_run_name="signatures-{in_path.name}", cache_key_fn=content_key("signatures", ("in_path",)), **shard_task)

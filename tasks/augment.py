@@ -1,8 +1,8 @@
 """Augment stage: synthetic rows generated from source rows by an LLM, gated, then filtered.
 
 Per shard: choose rows by a hash of (seed, id) -> give each one prompt template -> generate
-with `tasks.generation` (length-sorted, token-budget batches, checkpointed batch by batch;
-transformers, vLLM or an OpenAI-compatible endpoint) -> quality gates -> the tokenize
+with `tasks.generation` (longest first under a token budget, continuously batched,
+checkpointed row by row; transformers, vLLM or an OpenAI-compatible endpoint) -> quality gates -> the tokenize
 stage's PII and length filters -> write the surviving synthetic rows with their provenance;
 every rejected generation goes to the quarantine with its reason. The synthetic share cap
 is applied later, across shards.
@@ -148,25 +148,24 @@ def generate_detailed(
     on_progress: Callable[[int], None] | None = None,
     usage: dict | None = None,
     checkpoint_path: Path | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_generated: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """One `Generation` (text, finish_reason, new_tokens) per source text, in the order given.
 
-    `templates` is one template for all texts or one per text. Prompts are sorted by token
-    length (longest first) and batched by `settings.batch_tokens` (at most
-    `settings.batch_size` rows), so padding stays small; greedy when
-    `settings.temperature == 0`, else sampling seeded per batch, so a rerun on the same
-    device gives the same text. `on_progress(n)` is called after each batch with the rows
-    it finished (an increment, as a progress bar's advance takes); `usage`, if given,
-    receives `prompt_tokens` and `new_tokens`. With `checkpoint_path`, finished batches are
-    appended there and reused by a rerun (see `tasks.generation`).
+    `templates` is one template for all texts or one per text. Prompts run longest first
+    within `settings.batch_tokens` (at most `settings.batch_size` rows at once); greedy when
+    `settings.temperature == 0`, else sampling with each row's own seed, so a rerun on the
+    same device gives the same text. `on_progress(n)` is called with the rows that ended
+    (an increment, as a progress bar's advance takes); `usage`, if given, receives
+    `prompt_tokens` and `new_tokens`. With `checkpoint_path`, finished rows are appended
+    there as they end and reused by a rerun (see `tasks.generation`).
     """
     if isinstance(templates, PromptTemplate):
         templates = [templates] * len(texts)
     if len(templates) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
     messages = [t.messages(x) for x, t in zip(texts, templates)]
-    return generate_all(messages, settings, seed, on_progress, usage, checkpoint_path, on_batch=on_batch)
+    return generate_all(messages, settings, seed, on_progress, usage, checkpoint_path, on_generated=on_generated)
 
 
 def generate(
@@ -307,15 +306,15 @@ def run(
     on_progress: Callable[[int], None] | None = None,
     checkpoint_path: Path | None = None,
     on_start: Callable[[int], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_generated: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Augment one tokenized shard: synthetic rows (TOKENIZED schema) to `out_path`, always
     written, even empty; rejected generations to `quarantine_path` when there are any.
 
-    Finished batches are appended to `checkpoint_path` (default: `<out dir>/checkpoints/
-    <shard>.jsonl`), so a crash loses at most the batch in flight and a rerun reuses the
-    rest. `on_start(rows)` is called once with the number of rows to generate,
-    `on_batch(rows, new_tokens)` after each generated batch.
+    Finished rows are appended to `checkpoint_path` (default: `<out dir>/checkpoints/
+    <shard>.jsonl`) as they end, so a crash loses at most the rows in flight and a rerun
+    reuses the rest. `on_start(rows)` is called once with the number of rows to generate,
+    `on_generated(rows, new_tokens)` after each group of rows generated.
     The report counts generated candidates as `rows_in`, so rows_in == rows_out + sum(dropped).
     """
     table = read_table(in_path)
@@ -332,7 +331,7 @@ def run(
     usage: dict = {}
     started = time.perf_counter()
     outputs = generate_detailed(
-        [p["text"] for p in parents], templates, settings, seed, on_progress, usage, checkpoint_path, on_batch
+        [p["text"] for p in parents], templates, settings, seed, on_progress, usage, checkpoint_path, on_generated
     )
     seconds = time.perf_counter() - started
 

@@ -221,12 +221,12 @@ def generate_all(
     usage: dict | None = None,
     checkpoint_path: Path | None = None,
     backend: Backend | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_generated: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """One `Generation` per chat in `messages`, in the order given (see the module docstring).
 
     `on_progress(rows)` is called with the rows reused from the checkpoint and then with each
-    group of rows that ended; `on_batch(rows, new_tokens)` with each generated group; `usage`
+    group of rows that ended; `on_generated(rows, new_tokens)` with each generated group; `usage`
     receives `prompt_tokens` and `new_tokens` (generated in this call) and `reused` (rows
     from the checkpoint).
     """
@@ -259,8 +259,8 @@ def generate_all(
             if usage is not None:
                 usage["prompt_tokens"] += sum(prepared[i].length for i in rows)
                 usage["new_tokens"] += new_tokens
-            if on_batch is not None:
-                on_batch(len(rows), new_tokens)
+            if on_generated is not None:
+                on_generated(len(rows), new_tokens)
             if on_progress is not None:
                 on_progress(len(rows))
     checkpoint.compact(set(keys))

@@ -137,7 +137,7 @@ def assign_templates(ids: Sequence[str], templates: Sequence[PromptTemplate], se
 
 # --- generation ------------------------------------------------------------------------
 # The engine (batching by token budget, stop sequences, finish reasons, checkpoints and the
-# backends) lives in `tasks.generation`; these wrappers keep the augment stage's interface.
+# backends) lives in `tasks.generation`; this wrapper gives it the augment stage's templates.
 
 
 def generate_detailed(
@@ -166,18 +166,6 @@ def generate_detailed(
         raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
     messages = [t.messages(x) for x, t in zip(texts, templates)]
     return generate_all(messages, settings, seed, on_progress, usage, checkpoint_path, on_generated=on_generated)
-
-
-def generate(
-    texts: Sequence[str],
-    templates: PromptTemplate | Sequence[PromptTemplate],
-    settings: Augment,
-    seed: int,
-    on_progress: Callable[[int], None] | None = None,
-    usage: dict | None = None,
-) -> list[str]:
-    """One generated text per source text, in the order given (see `generate_detailed`)."""
-    return [g.text for g in generate_detailed(texts, templates, settings, seed, on_progress, usage)]
 
 
 # --- quality gates ---------------------------------------------------------------------

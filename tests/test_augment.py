@@ -18,7 +18,6 @@ from tasks import augment, schema
 from tasks.augment import (
     PromptTemplate,
     assign_templates,
-    generate,
     generate_detailed,
     load_templates,
     quality_gate,
@@ -31,6 +30,11 @@ from tasks.tokenize import filter_rows
 
 SMOLLM2 = ModelRef(gguf="smollm2")
 GATES = QualityGates()
+
+
+def generate(*args, **kwargs) -> list[str]:
+    """The generated texts alone."""
+    return [g.text for g in generate_detailed(*args, **kwargs)]
 
 SENTENCES = ALICE
 

@@ -26,6 +26,7 @@ recurrent layers) rows enter only once the batch has drained, and no prefix is s
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from typing import Iterator, Sequence
@@ -92,6 +93,7 @@ def next_tokens(logits, temperature: float, top_p: float, generators):
     return drawn if order is None else order.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
 
 
+@functools.cache
 def growing_layer_class():
     """`DynamicLayer` with spare room: its keys and values are views into buffers with free
     columns, so a decode step writes one column in place. `DynamicLayer` concatenates,

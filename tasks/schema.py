@@ -19,7 +19,7 @@ INGEST = pa.schema(
 )
 
 # How a synthetic row was generated: enough, with `generator` and `prompt_id`, to generate it
-# again. `seed` is the sampling seed of the row's batch (unused when temperature is 0).
+# again. `seed` is the row's own sampling seed (unused when temperature is 0).
 SAMPLING = pa.struct(
     [
         pa.field("backend", pa.string()),

@@ -135,6 +135,23 @@ def test_rows_join_a_running_batch_and_leave_when_they_end(model):
     assert all(a.text.split()[:6] == b.text.split()[:6] for a, b in zip(joined, alone))
 
 
+def test_the_first_rows_keep_to_the_token_budget(model):
+    lm = model[0]
+    [paraphrase] = load_templates(["paraphrase"])
+    texts = [" ".join(SENTENCES * 3), " ".join(SENTENCES * 2), "Alice laughed.", "The cat smiled."]
+    lengths = [p.length for p in TransformersBackend(Augment()).prepare([paraphrase.messages(t) for t in texts])]
+    settings = Augment(max_new_tokens=1, batch_size=16, batch_tokens=2 * (max(lengths) + 1))  # two rows of the widest
+    calls: list[tuple[int, int]] = []
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        generate_detailed(texts, paraphrase, settings, 0)
+    finally:
+        handle.remove()
+    prefills = [rows for rows, width in calls if width > 1][1:]  # after the template prefix
+    # The widest row came first; the short ones would fit beside the second but not beside it.
+    assert prefills[0] == 2 and sum(prefills) == 4
+
+
 def test_growing_layer_appends_in_place_and_matches_dynamic_layer():
     torch = pytest.importorskip("torch")
     from transformers.cache_utils import DynamicLayer

@@ -16,8 +16,9 @@ one `Generation` per row, in the order given:
    rows in flight and a rerun generates only the rest.
 
 When sampling, each row draws from its own generator seeded by `row_seed` (the run's seed
-and the prompt), so its text depends neither on the rows it shared a batch with nor on a
-resume; greedy decoding ignores the seed.
+and the prompt), so which rows share its batch, before or after a resume, changes its text
+only through floating-point rounding of the padded batch (on this project's CPU tests: not
+at all); greedy decoding ignores the seed.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def plan_batches(lengths: Sequence[int], settings) -> list[list[int]]:
 
 
 def row_seed(seed: int, prompt_key: str) -> int:
-    """A row's sampling seed: from the run's seed and its prompt alone, so a row samples the
-    same text whichever rows share its batch (and after a resume), and can be sampled again
-    on its own from the seed it records."""
+    """A row's sampling seed: from the run's seed and its prompt alone, so a row draws the
+    same random numbers whichever rows share its batch (and after a resume), and can be
+    sampled again on its own from the seed it records."""
     return xxhash.xxh3_64_intdigest(f"{seed}\x1f{prompt_key}".encode("utf-8")) >> 1
 
 
@@ -130,7 +131,7 @@ class Checkpoint:
                     try:
                         record = json.loads(line)
                         generation = Generation(record["text"], record["finish_reason"], int(record["new_tokens"]),
-                                                record["seed"])
+                                                record.get("seed"))
                         key = record["key"]
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut short by a crash
@@ -173,7 +174,8 @@ class Checkpoint:
 
 
 def settings_key(settings, generator: str, seed: int) -> str:
-    """Every setting that changes the generated text (or, via the batch plan, its padding)."""
+    """Every setting that changes the generated text (or, through the rows batched together,
+    its floating-point rounding)."""
     fields = settings.model_dump(
         mode="json",
         include={"backend", "max_new_tokens", "batch_size", "batch_tokens", "temperature", "top_p", "device", "stop",

@@ -263,7 +263,12 @@ class TransformersBackend:
         return Batch(cache, mask, positions[:, -1:], None, []), logits
 
     def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
-        """Generate every row of `rows`; yield the rows that ended at each step, as (index, generation)."""
+        """Generate every row of `rows`; yield the rows that ended at each step, as (index, generation).
+
+        The stream holds `generate_lock` (and torch's inference mode) from its first row to
+        its last, also while the caller handles a yielded group: the caller must not start
+        another generation from there, and must close the stream if it stops early.
+        """
         import torch
 
         s = self.settings
@@ -310,6 +315,7 @@ class TransformersBackend:
                     while waiting and (not in_flight and not admitted or fits_budget(
                             len(in_flight) + len(admitted) + 1, max(widest, rows[waiting[0]].length), s)):
                         admitted.append(waiting.popleft())
+                        widest = max(widest, rows[admitted[-1]].length)
                     if admitted:
                         new, logits = self.prefill([encoded[r] for r in admitted], [prefixes[r] for r in admitted])
                         going, done, chosen = choose(logits, admitted)

@@ -322,10 +322,8 @@ class TransformersBackend:
                         if done:
                             yield done
                         if going:
-                            new.pending, new.rows = chosen[going].to(self.device), [admitted[k] for k in going]
-                            index = torch.tensor(going, dtype=torch.long, device=self.device)
-                            new.cache.batch_select_indices(index)
-                            new.mask, new.positions = new.mask[index], new.positions[index]
+                            new.pending, new.rows = chosen.to(self.device), admitted
+                            new.keep(going)
                             if batch is None:
                                 batch = new
                             else:

@@ -69,6 +69,15 @@ class Backend(Protocol):
         ...
 
 
+def chat_prompts(tokenizer, messages: Sequence[Messages]) -> list[Prepared]:
+    """Each chat rendered with the tokenizer's chat template and tokenized: the prompts of
+    the backends that run the model locally (transformers, vllm)."""
+    rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+    # The chat template already wrote the special tokens.
+    encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the earliest stop sequence, and whether one was found."""
     cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]

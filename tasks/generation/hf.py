@@ -31,7 +31,7 @@ import threading
 from collections import deque
 from typing import Iterator, Sequence
 
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop, fits_budget
+from tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, fits_budget
 from tasks.models import load_causal_lm
 
 # One generation at a time per process: two shard tasks generating at once on a CPU (or
@@ -199,10 +199,7 @@ class TransformersBackend:
         self.prefix_caches: dict[tuple[int, ...], object] = {}
 
     def prepare(self, messages: Sequence[Messages]) -> list[Prepared]:
-        rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
-        # The chat template already wrote the special tokens.
-        encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
+        return chat_prompts(self.tokenizer, messages)
 
     def new_cache(self):
         from transformers import DynamicCache

@@ -7,7 +7,7 @@ import functools
 from typing import Iterator, Sequence
 
 from tasks.errors import CorpusmillError
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop, plan_batches
+from tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, plan_batches
 from tasks.models import load_tokenizer, resolve
 
 INSTALL_HINT = "augment.backend 'vllm' needs the vllm package: pip install vllm on a CUDA machine (or use backend: transformers)"
@@ -42,9 +42,7 @@ class VLLMBackend:
         self.llm = _engine(settings.model)
 
     def prepare(self, messages: Sequence[Messages]) -> list[Prepared]:
-        rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
-        encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        return [Prepared(r, len(e), e) for r, e in zip(rendered, encoded)]
+        return chat_prompts(self.tokenizer, messages)
 
     def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
         # vLLM batches continuously inside each call; the plan's batches bound what a crash loses.

@@ -65,7 +65,7 @@ def _rate(fn, docs) -> float:
 def speed(n: int, pool: list[str]) -> dict:
     from datasketch import MinHash
 
-    from tasks import dedup
+    from corpusmill.tasks import dedup
 
     docs = documents(n, 1, pool)
     dedup.features(docs[:10], NGRAM)  # build the Unicode tables once, outside the timing
@@ -112,7 +112,7 @@ def speed(n: int, pool: list[str]) -> dict:
 
 
 def _generate(work: Path, n: int, shard_rows: int) -> None:
-    from tasks.shards import write_table
+    from corpusmill.tasks.shards import write_table
 
     pool = paragraphs()
     docs = documents(n, 2, pool)
@@ -123,8 +123,8 @@ def _generate(work: Path, n: int, shard_rows: int) -> None:
 
 
 def _run(work: Path) -> dict:
-    from tasks import dedup
-    from tasks.recipe import Dedup
+    from corpusmill.tasks import dedup
+    from corpusmill.tasks.recipe import Dedup
 
     settings = Dedup(num_perm=NUM_PERM, ngram=NGRAM)
     shards = sorted((work / "in").glob("*.parquet"))
@@ -176,9 +176,9 @@ def _edition_units(text: str) -> list[str]:
 def accuracy(threshold: float = 0.8) -> dict:
     import scipy.sparse as sp
 
-    from tasks import dedup
-    from tasks.recipe import Dedup
-    from tasks.shards import read_table, write_table
+    from corpusmill.tasks import dedup
+    from corpusmill.tasks.recipe import Dedup
+    from corpusmill.tasks.shards import read_table, write_table
 
     settings = Dedup(threshold=threshold, num_perm=NUM_PERM, ngram=NGRAM)
     texts = []

@@ -65,8 +65,8 @@ def measure(texts, template, settings_batch: dict, model, tokenizer, max_new_tok
             rounds: int = 1):
     """Baseline and engine over `texts`, interleaved chunk by chunk (the order alternates,
     ABBA), `rounds` times over; totals and outputs of the last round."""
-    from tasks.augment import generate_detailed
-    from tasks.recipe import Augment
+    from corpusmill.tasks.augment import generate_detailed
+    from corpusmill.tasks.recipe import Augment
 
     settings = Augment(max_new_tokens=max_new_tokens, **settings_batch)
     result = {name: {"tokens": 0, "seconds": 0.0, "outputs": []} for name in ("baseline", "corpusmill")}
@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from tasks.augment import load_templates
-    from tasks.models import load_causal_lm
-    from tasks.recipe import Augment, ModelRef
+    from corpusmill.tasks.augment import load_templates
+    from corpusmill.tasks.models import load_causal_lm
+    from corpusmill.tasks.recipe import Augment, ModelRef
 
     n = args.prompts or (16 if args.quick else 32)
     n_single = 4 if args.quick else 8

@@ -17,8 +17,8 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from tasks import pii, schema
-from tasks.recipe import Recipe
+from corpusmill.tasks import pii, schema
+from corpusmill.tasks.recipe import Recipe
 
 SUITE = "default"
 

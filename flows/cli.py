@@ -15,7 +15,7 @@ import typer
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.errors import CorpusmillError  # noqa: E402
+from corpusmill.tasks.errors import CorpusmillError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Validated, versioned, reproducible dataset releases for language-model training.")
@@ -36,9 +36,9 @@ def run(
     progress_bars: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
 ) -> None:
     """Build a release from RECIPE and print the release folder."""
-    from flows import progress
-    from flows.release import release, task_runner_for
-    from tasks.recipe import load_recipe
+    from corpusmill.flows import progress
+    from corpusmill.flows.release import release, task_runner_for
+    from corpusmill.tasks.recipe import load_recipe
 
     try:
         parsed = load_recipe(recipe, set_ or [])
@@ -59,8 +59,8 @@ def run(
 @app.command()
 def verify(release_dir: Annotated[str, typer.Argument(help="a published release folder or URL (s3://...)")]) -> None:
     """Re-hash every data file of RELEASE_DIR against its manifest."""
-    from tasks.publish import read_manifest
-    from tasks.publish import verify as verify_release
+    from corpusmill.tasks.publish import read_manifest
+    from corpusmill.tasks.publish import verify as verify_release
 
     problems = verify_release(release_dir)
     if problems:
@@ -76,7 +76,7 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="print the diff as JSON")] = False,
 ) -> None:
     """Rows added, removed, changed and moved between splits, per split and source, with token deltas."""
-    from tasks.diff import diff_releases, render
+    from corpusmill.tasks.diff import diff_releases, render
 
     try:
         report = diff_releases(release_a, release_b)
@@ -102,11 +102,11 @@ def rebuild(
     Exit 0 when the rebuild is byte-identical, 2 when it differs (the inputs whose
     fingerprint changed are named), 1 on an error.
     """
-    from flows.rebuild import rebuild as run_rebuild
-    from flows.rebuild import rebuild_recipe
-    from flows.release import task_runner_for
-    from tasks.publish import read_manifest
-    from tasks.rebuild import summary_line
+    from corpusmill.flows.rebuild import rebuild as run_rebuild
+    from corpusmill.flows.rebuild import rebuild_recipe
+    from corpusmill.flows.release import task_runner_for
+    from corpusmill.tasks.publish import read_manifest
+    from corpusmill.tasks.rebuild import summary_line
 
     try:
         runner = task_runner_for(rebuild_recipe(read_manifest(release_dir), out).runner)
@@ -142,7 +142,7 @@ def publish_cmd(
     token: Annotated[Optional[str], typer.Option(help="Hub token; default: HF_TOKEN or your `hf auth login`")] = None,
 ) -> None:
     """Push RELEASE_DIR to a Hub dataset repo: one commit on main, tagged v<version>."""
-    from tasks.hub import push_to_hub
+    from corpusmill.tasks.hub import push_to_hub
 
     try:
         result = push_to_hub(release_dir, hub, private=private, token=token)
@@ -162,7 +162,7 @@ def dedup(
     ngram: int = 5,
 ) -> None:
     """Deduplicate one Parquet file: adds `cluster_id` and `keep`, row order unchanged."""
-    from tasks.dedup import dedup_file
+    from corpusmill.tasks.dedup import dedup_file
 
     if not input_path.is_file():
         _fail(f"{input_path} does not exist; pass a Parquet file.")
@@ -180,7 +180,7 @@ def served_deployments(path: Path = DEPLOYMENTS) -> list:
     import yaml
     from prefect.schedules import Cron
 
-    from flows.release import release
+    from corpusmill.flows.release import release
 
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     return [

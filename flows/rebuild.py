@@ -7,10 +7,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks import publish
-from tasks.errors import CorpusmillError
-from tasks.rebuild import compare
-from tasks.recipe import recipe_from_manifest
+from corpusmill.tasks import publish
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.rebuild import compare
+from corpusmill.tasks.recipe import recipe_from_manifest
 
 
 class RebuildTargetExists(CorpusmillError, FileExistsError):
@@ -26,7 +26,7 @@ def rebuild_recipe(manifest: dict, out_root: Path):
 @flow(name="corpusmill-rebuild", log_prints=True)
 def rebuild_flow(release_dir: str, out_root: str, work_dir: str) -> dict:
     """Build the recipe recorded in `release_dir` under `out_root` and compare the two releases."""
-    from flows.release import build
+    from corpusmill.flows.release import build
 
     original = publish.read_manifest(release_dir)
     recipe = rebuild_recipe(original, Path(out_root))

@@ -23,15 +23,15 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows import progress
-from tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
-from tasks.errors import CorpusmillError
-from tasks.generation import Throughput, generator_identity
-from tasks.models import resolve
-from tasks.recipe import Recipe, Runner, load_recipe, source_name
-from tasks.shards import StageReport, file_sha256
-from tasks.validate import validate_release, format_failures
-from expectations.default import SuiteParams
+from corpusmill.flows import progress
+from corpusmill.tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.generation import Throughput, generator_identity
+from corpusmill.tasks.models import resolve
+from corpusmill.tasks.recipe import Recipe, Runner, load_recipe, source_name
+from corpusmill.tasks.shards import StageReport, file_sha256
+from corpusmill.tasks.validate import validate_release, format_failures
+from corpusmill.expectations.default import SuiteParams
 
 # Bump a stage's version when its code changes what it writes: cached shards of older
 # versions are then recomputed instead of reused.

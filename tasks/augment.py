@@ -29,13 +29,13 @@ import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from tasks import schema
-from tasks.dedup import jaccard, shingles
-from tasks.generation import Generation, generate_all, generator_identity
-from tasks.models import load_tokenizer
-from tasks.recipe import Augment, Filters, ModelRef, QualityGates
-from tasks.shards import StageReport, dropped_table, read_table, write_table
-from tasks.tokenize import filter_rows
+from corpusmill.tasks import schema
+from corpusmill.tasks.dedup import jaccard, shingles
+from corpusmill.tasks.generation import Generation, generate_all, generator_identity
+from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks.tokenize import filter_rows
 
 STAGE = "augment"
 PROMPTS_DIR = Path(__file__).parent / "prompts"

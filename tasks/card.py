@@ -253,7 +253,7 @@ def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
         ["clusters of more than one row", f"{extra.get('clusters', 0):,}"],
         ["largest cluster", f"{extra.get('largest_cluster', 1):,} rows"]])
     if extra.get("s_curve"):
-        from tasks.dedup import report_details  # S-curve, cluster size histogram, example pairs
+        from corpusmill.tasks.dedup import report_details  # S-curve, cluster size histogram, example pairs
 
         lines += ["", report_details(dedup_report)]
 

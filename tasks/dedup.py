@@ -46,8 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasketch import MinHash
 
-from tasks.recipe import Dedup
-from tasks.shards import ParquetSink, StageReport, read_table, write_table
+from corpusmill.tasks.recipe import Dedup
+from corpusmill.tasks.shards import ParquetSink, StageReport, read_table, write_table
 
 STAGE = "dedup"
 VERSION = "2"

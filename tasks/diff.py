@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import schema
-from tasks.publish import read_manifest
+from corpusmill.tasks import schema
+from corpusmill.tasks.publish import read_manifest
 
 KEY_COLUMNS = ("id", "split", "source", "n_tokens")
 COMPARED = [c for c in schema.RELEASE.names if c != "id"]

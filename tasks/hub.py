@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.errors import CorpusmillError
-from tasks.publish import read_manifest, verify
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.publish import read_manifest, verify
 
 
 class HubError(CorpusmillError):

@@ -49,10 +49,10 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import infer_compression
 
-from tasks import schema
-from tasks.errors import CorpusmillError
-from tasks.recipe import FilesSource, HubSource, PythonDocsSource, source_name
-from tasks.shards import ParquetSink, StageReport, dropped_table, write_table
+from corpusmill.tasks import schema
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.recipe import FilesSource, HubSource, PythonDocsSource, source_name
+from corpusmill.tasks.shards import ParquetSink, StageReport, dropped_table, write_table
 
 STAGE = "ingest"
 SNIPPET_CHARS = 1000  # raw text kept per quarantined row

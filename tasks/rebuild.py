@@ -8,7 +8,7 @@ to the code and package versions recorded beside them).
 
 from __future__ import annotations
 
-from tasks.publish import compare_files
+from corpusmill.tasks.publish import compare_files
 
 
 def compare(original: dict, rebuilt: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import CorpusmillError
+from corpusmill.tasks.errors import CorpusmillError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"

@@ -17,7 +17,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import schema
+from corpusmill.tasks import schema
 
 ROW_GROUP_ROWS = 10_000
 PARQUET_OPTIONS = dict(

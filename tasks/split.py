@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from tasks import schema
-from tasks.recipe import Dedup, Splits
-from tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks import schema
+from corpusmill.tasks.recipe import Dedup, Splits
+from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
 
 STAGE = "split"
 
@@ -130,8 +130,8 @@ def prepare_previous(release_dir: str | Path, out_dir: Path, settings: Dedup) ->
     text_hash and MinHash signature under this recipe's settings; reused while it exists."""
     from fsspec.core import url_to_fs
 
-    from tasks import dedup
-    from tasks.publish import is_remote, read_manifest
+    from corpusmill.tasks import dedup
+    from corpusmill.tasks.publish import is_remote, read_manifest
 
     manifest = read_manifest(release_dir)
     # named by what its content depends on: the previous data, the dedup settings and code version
@@ -172,7 +172,7 @@ def previous_links(ids: list[str], cluster_ids: list[str], parent_ids: list, pre
     """For each new row, the splits of the previous release it is linked to: by id (its id,
     cluster or parent is an id, cluster or parent of a previous row), by identical text, or as
     a near duplicate (MinHash-estimated Jaccard >= the dedup threshold) of a previous row."""
-    from tasks import dedup
+    from corpusmill.tasks import dedup
 
     prev = read_table(previous.path)
     links: list[set] = [set() for _ in ids]

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks import pii, schema
-from tasks.models import load_tokenizer
-from tasks.recipe import Filters, ModelRef
-from tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks import pii, schema
+from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.recipe import Filters, ModelRef
+from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
 
 STAGE = "tokenize"
 ENCODE_BATCH = 1_000  # documents per encode call: bounds the memory held by token ids

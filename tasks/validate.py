@@ -28,9 +28,9 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from expectations.default import SUITE, SuiteParams, lineage_suite, split_suite
-from tasks import schema
-from tasks.datadocs import make_offline
+from corpusmill.expectations.default import SUITE, SuiteParams, lineage_suite, split_suite
+from corpusmill.tasks import schema
+from corpusmill.tasks.datadocs import make_offline
 
 LINEAGE = "lineage"
 SAMPLE = 5  # unexpected values quoted per failure

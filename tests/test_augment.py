@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from samples import ALICE
-from tasks import augment, schema
-from tasks.augment import (
+from corpusmill.tasks import augment, schema
+from corpusmill.tasks.augment import (
     PromptTemplate,
     assign_templates,
     generate_detailed,
@@ -23,10 +23,10 @@ from tasks.augment import (
     quality_gate,
     select_rows,
 )
-from tasks.models import load_causal_lm, load_tokenizer, resolve
-from tasks.recipe import Augment, Filters, ModelRef, QualityGates
-from tasks.shards import read_table, write_table
-from tasks.tokenize import filter_rows
+from corpusmill.tasks.models import load_causal_lm, load_tokenizer, resolve
+from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.tokenize import filter_rows
 
 SMOLLM2 = ModelRef(gguf="smollm2")
 GATES = QualityGates()

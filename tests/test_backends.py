@@ -13,15 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from tasks import augment, schema
-from tasks.augment import generate_detailed, load_templates
-from tasks.errors import CorpusmillError
-from tasks.generation import get_backend
-from tasks.generation.openai import EndpointUnavailable
-from tasks.models import load_tokenizer
-from tasks.recipe import Augment, Filters, ModelRef, QualityGates
-from tasks.shards import read_table, write_table
-from tasks.tokenize import filter_rows
+from corpusmill.tasks import augment, schema
+from corpusmill.tasks.augment import generate_detailed, load_templates
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.generation import get_backend
+from corpusmill.tasks.generation.openai import EndpointUnavailable
+from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.tokenize import filter_rows
 
 SOURCES = [
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.",

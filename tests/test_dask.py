@@ -83,9 +83,9 @@ def _run(runner, shards: list[Path], work: Path, url: str) -> list[dict]:
     from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import release
-    from tasks.recipe import Dedup
-    from tasks.shards import read_table
+    from corpusmill.flows import release
+    from corpusmill.tasks.recipe import Dedup
+    from corpusmill.tasks.shards import read_table
 
     settings = Dedup()
 
@@ -108,7 +108,7 @@ def test_dask_cluster_gives_the_same_clusters_as_threads(prefect_server, tmp_pat
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from tasks.shards import write_table
+    from corpusmill.tasks.shards import write_table
 
     rows = _rows()
     shards = [write_table(pa.Table.from_pylist(rows[k::3]), tmp_path / "in" / f"part-{k:05d}.parquet") for k in range(3)]

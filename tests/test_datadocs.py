@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_validate import PARAMS, _valid_rows, _write  # noqa: E402
 
-from tasks.datadocs import make_offline, remote_assets  # noqa: E402
-from tasks.validate import validate_release  # noqa: E402
+from corpusmill.tasks.datadocs import make_offline, remote_assets  # noqa: E402
+from corpusmill.tasks.validate import validate_release  # noqa: E402
 
 
 def test_data_docs_are_offline(tmp_path):

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from tasks import dedup
-from tasks.dedup import UnionFind, candidate_pairs, cluster, dedup_file, jaccard, shingles, signatures
-from tasks.recipe import Dedup
-from tasks.shards import read_table, write_table
+from corpusmill.tasks import dedup
+from corpusmill.tasks.dedup import UnionFind, candidate_pairs, cluster, dedup_file, jaccard, shingles, signatures
+from corpusmill.tasks.recipe import Dedup
+from corpusmill.tasks.shards import read_table, write_table
 
 SETTINGS = Dedup()
 

@@ -2,8 +2,8 @@ import inspect
 
 import yaml
 
-from flows.cli import DEPLOYMENTS, served_deployments
-from flows.release import release
+from corpusmill.flows.cli import DEPLOYMENTS, served_deployments
+from corpusmill.flows.release import release
 
 
 def test_nightly_deployment_of_the_demo_recipe():

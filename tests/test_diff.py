@@ -7,11 +7,11 @@ import json
 import pyarrow as pa
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks import schema
-from tasks.diff import diff_releases
-from tasks.publish import fingerprint, write_splits
-from tasks.shards import write_table
+from corpusmill.flows.cli import app
+from corpusmill.tasks import schema
+from corpusmill.tasks.diff import diff_releases
+from corpusmill.tasks.publish import fingerprint, write_splits
+from corpusmill.tasks.shards import write_table
 
 
 def make_release(folder, rows, version="1.0.0", sampling=None):

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 
 from samples import ALICE
-from tasks import augment, schema
-from tasks.augment import generate_detailed, load_templates, quality_gate
-from tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
-from tasks.generation.hf import TransformersBackend, growing_layer_class, next_tokens, shared_prefixes
-from tasks.models import load_causal_lm, load_tokenizer
-from tasks.recipe import Augment, Filters, ModelRef, QualityGates
-from tasks.shards import read_table, write_table
-from tasks.tokenize import filter_rows
+from corpusmill.tasks import augment, schema
+from corpusmill.tasks.augment import generate_detailed, load_templates, quality_gate
+from corpusmill.tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
+from corpusmill.tasks.generation.hf import TransformersBackend, growing_layer_class, next_tokens, shared_prefixes
+from corpusmill.tasks.models import load_causal_lm, load_tokenizer
+from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.tokenize import filter_rows
 
 SMOLLM2 = ModelRef(gguf="smollm2")
 
@@ -236,7 +236,7 @@ class Crash(RuntimeError):
 
 
 def test_a_failed_consumer_releases_the_generation_lock(model):
-    from tasks.generation.hf import generate_lock
+    from corpusmill.tasks.generation.hf import generate_lock
 
     [paraphrase] = load_templates(["paraphrase"])
 
@@ -295,7 +295,7 @@ def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path
 
 
 def test_throughput_line_reports_rate_and_eta():
-    from tasks.generation import Throughput
+    from corpusmill.tasks.generation import Throughput
 
     now = [100.0]
     meter = Throughput(clock=lambda: now[0])
@@ -309,7 +309,7 @@ def test_throughput_line_reports_rate_and_eta():
 def test_generate_bar_shows_tokens_per_second():
     from types import SimpleNamespace
 
-    from flows import progress
+    from corpusmill.flows import progress
 
     with progress.shown():
         progress.begin("generate", 10)

@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.hub import HubError, push_to_hub
-from tasks.publish import file_sha256, fingerprint
+from corpusmill.flows.cli import app
+from corpusmill.tasks.hub import HubError, push_to_hub
+from corpusmill.tasks.publish import file_sha256, fingerprint
 
 
 def _release(folder):

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks import ingest, schema
-from tasks.errors import CorpusmillError
-from tasks.ingest import IngestError, IngestUnit
-from tasks.recipe import FilesSource, HubSource, PythonDocsSource
-from tasks.shards import file_sha256
+from corpusmill.tasks import ingest, schema
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.ingest import IngestError, IngestUnit
+from corpusmill.tasks.recipe import FilesSource, HubSource, PythonDocsSource
+from corpusmill.tasks.shards import file_sha256
 
 
 def files(path, **kw):

@@ -7,11 +7,11 @@ import random
 
 import pyarrow as pa
 
-from tasks import dedup, schema
-from tasks.publish import fingerprint, write_splits
-from tasks.recipe import Dedup, Splits
-from tasks.shards import read_table, write_table
-from tasks.split import Previous, assign, prepare_previous
+from corpusmill.tasks import dedup, schema
+from corpusmill.tasks.publish import fingerprint, write_splits
+from corpusmill.tasks.recipe import Dedup, Splits
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.split import Previous, assign, prepare_previous
 
 WORDS = ("river stone market window garden letter summer harbour lantern violin engine meadow silver candle orchard "
          "bridge pepper thunder valley mirror copper island ribbon falcon marble castle forest ocean").split()

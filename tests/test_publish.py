@@ -3,9 +3,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from tasks import schema
-from tasks.publish import ReleaseExists, accounting, check_absent, fingerprint, verify, write_splits
-from tasks.shards import read_table, write_table
+from corpusmill.tasks import schema
+from corpusmill.tasks.publish import ReleaseExists, accounting, check_absent, fingerprint, verify, write_splits
+from corpusmill.tasks.shards import read_table, write_table
 
 
 def _final_shard(path, ids, split):
@@ -64,7 +64,7 @@ def test_existing_release_is_refused(tmp_path):
 # --- dataset card ---------------------------------------------------------------------------
 
 def _card_inputs(tmp_path, licenses):
-    from tasks.publish import _accumulate, SplitStats
+    from corpusmill.tasks.publish import _accumulate, SplitStats
 
     rows = [{"id": f"r{i}", "text": f"text {i}", "source": f"src{i % len(licenses)}", "license": licenses[i % len(licenses)],
              "n_tokens": 5 + i, "synthetic": i % 3 == 0, "parent_id": f"p{i}" if i % 3 == 0 else None,
@@ -103,13 +103,13 @@ def _front_matter(card: str) -> dict:
     (["public-domain"], {"license": "other", "license_name": "public-domain"}),
 ])
 def test_card_license_ids(licenses, expected):
-    from tasks.card import license_front_matter
+    from corpusmill.tasks.card import license_front_matter
 
     assert license_front_matter(licenses) == expected
 
 
 def test_card_front_matter_and_sections(tmp_path):
-    from tasks.card import dataset_card
+    from corpusmill.tasks.card import dataset_card
 
     manifest, stats = _card_inputs(tmp_path, ["CC0-1.0", "public-domain"])
     card = dataset_card(manifest, stats, {"extra": {"bands": 9, "rows_per_band": 13, "clusters": 2}})
@@ -128,7 +128,7 @@ def test_card_front_matter_and_sections(tmp_path):
 
 
 def test_plots_are_byte_identical(tmp_path):
-    from tasks.card import write_plots
+    from corpusmill.tasks.card import write_plots
 
     _, stats = _card_inputs(tmp_path, ["CC0-1.0", "MIT"])
     paths = write_plots(stats, tmp_path / "a" / "plots")

@@ -11,10 +11,10 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.release import release
-from tasks.rebuild import compare, summary_line
-from tasks.shards import read_table
+from corpusmill.flows.cli import app
+from corpusmill.flows.release import release
+from corpusmill.tasks.rebuild import compare, summary_line
+from corpusmill.tasks.shards import read_table
 
 WORDS = "river stone market window garden letter summer harbour lantern violin engine meadow silver candle".split()
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.recipe import RecipeError, load_recipe, parse_recipe
+from corpusmill.tasks.recipe import RecipeError, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = {"name": "tiny", "version": "1.0.0", "sources": [{"kind": "python-docs"}]}
@@ -68,7 +68,7 @@ def test_duplicate_source_names_rejected():
 
 
 def test_default_file_source_name_does_not_depend_on_location():
-    from tasks.recipe import FilesSource, source_name
+    from corpusmill.tasks.recipe import FilesSource, source_name
 
     for prefix in ("", "/srv/data/", "s3://bucket/x/"):
         source = FilesSource(kind="files", path=f"{prefix}corpora/gutenberg/*.txt", license="x")

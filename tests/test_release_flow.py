@@ -14,10 +14,10 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.release import ValidationFailed, release
-from tasks.publish import ReleaseExists
-from tasks.shards import file_sha256, read_table
+from corpusmill.flows.cli import app
+from corpusmill.flows.release import ValidationFailed, release
+from corpusmill.tasks.publish import ReleaseExists
+from corpusmill.tasks.shards import file_sha256, read_table
 
 pytestmark = pytest.mark.slow
 

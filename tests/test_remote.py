@@ -14,8 +14,8 @@ moto_server = pytest.importorskip("moto.server")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from flows.cli import app  # noqa: E402
-from tasks import publish  # noqa: E402
+from corpusmill.flows.cli import app  # noqa: E402
+from corpusmill.tasks import publish  # noqa: E402
 
 BUCKET = "corpusmill-test"
 
@@ -89,7 +89,7 @@ def test_upload_is_atomic_and_never_overwrites(s3, tmp_path, monkeypatch):
 def test_release_to_s3_root(s3, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.release import release
+    from corpusmill.flows.release import release
 
     rng = random.Random(4)
     words = "river stone market window garden letter summer harbour lantern violin engine meadow".split()

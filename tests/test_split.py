@@ -2,10 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks import schema
-from tasks.recipe import Splits
-from tasks.shards import read_table, write_table
-from tasks.split import assign, cap_synthetic, finalize, lineage_roots, split_of
+from corpusmill.tasks import schema
+from corpusmill.tasks.recipe import Splits
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.split import assign, cap_synthetic, finalize, lineage_roots, split_of
 
 
 def test_lineage_joins_clusters_and_parents():

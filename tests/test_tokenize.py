@@ -1,11 +1,11 @@
 import pyarrow as pa
 import pytest
 
-from tasks import schema
-from tasks.models import load_tokenizer
-from tasks.recipe import Filters, ModelRef
-from tasks.shards import read_table, write_table
-from tasks.tokenize import count_tokens, filter_rows, run
+from corpusmill.tasks import schema
+from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.recipe import Filters, ModelRef
+from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.tokenize import count_tokens, filter_rows, run
 
 
 @pytest.fixture(scope="module")

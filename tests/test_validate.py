@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from expectations.default import SuiteParams, lineage_suite, split_suite
-from tasks import pii, schema
-from tasks.recipe import parse_recipe
-from tasks.validate import format_failures, lineage_frame, validate_release
+from corpusmill.expectations.default import SuiteParams, lineage_suite, split_suite
+from corpusmill.tasks import pii, schema
+from corpusmill.tasks.recipe import parse_recipe
+from corpusmill.tasks.validate import format_failures, lineage_frame, validate_release
 
 PARAMS = SuiteParams(min_tokens=4, max_tokens=100, max_synthetic_share=0.3)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import xxhash
 
-from tasks.errors import CorpusmillError
+from corpusmill.tasks.errors import CorpusmillError
 
 Messages = list[dict[str, str]]
 
@@ -201,15 +201,15 @@ def settings_key(settings, generator: str, seed: int) -> str:
 def get_backend(settings) -> Backend:
     """The backend named by `settings.backend`."""
     if settings.backend == "transformers":
-        from tasks.generation.hf import TransformersBackend
+        from corpusmill.tasks.generation.hf import TransformersBackend
 
         return TransformersBackend(settings)
     if settings.backend == "vllm":
-        from tasks.generation.vllm import VLLMBackend
+        from corpusmill.tasks.generation.vllm import VLLMBackend
 
         return VLLMBackend(settings)
     if settings.backend == "openai":
-        from tasks.generation.openai import OpenAIBackend
+        from corpusmill.tasks.generation.openai import OpenAIBackend
 
         return OpenAIBackend(settings)
     raise CorpusmillError(f"unknown augment.backend {settings.backend!r}; use transformers, vllm or openai")
@@ -219,7 +219,7 @@ def generator_identity(settings) -> str:
     """What synthetic rows record as `generator`."""
     if settings.backend == "openai":
         return f"openai:{settings.model.name or settings.model.path or settings.model.gguf}@{settings.endpoint}"
-    from tasks.models import resolve
+    from corpusmill.tasks.models import resolve
 
     return resolve(settings.model).identity
 

@@ -31,8 +31,8 @@ import threading
 from collections import deque
 from typing import Iterator, Sequence
 
-from tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, fits_budget
-from tasks.models import load_causal_lm
+from corpusmill.tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, fits_budget
+from corpusmill.tasks.models import load_causal_lm
 
 # One generation at a time per process: two shard tasks generating at once on a CPU (or
 # one GPU) only fight over the same cores and memory.

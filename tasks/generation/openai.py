@@ -17,8 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Iterator, Sequence
 
-from tasks.errors import CorpusmillError
-from tasks.generation import Generation, Messages, Prepared, cut_at_stop
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.generation import Generation, Messages, Prepared, cut_at_stop
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 from typing import Iterator, Sequence
 
-from tasks.errors import CorpusmillError
-from tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, plan_batches
-from tasks.models import load_tokenizer, resolve
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.generation import Generation, Messages, Prepared, chat_prompts, cut_at_stop, plan_batches
+from corpusmill.tasks.models import load_tokenizer, resolve
 
 INSTALL_HINT = "augment.backend 'vllm' needs the vllm package: pip install vllm on a CUDA machine (or use backend: transformers)"
 

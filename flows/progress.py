@@ -9,6 +9,7 @@ callback through Prefect's parameters.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -70,3 +71,37 @@ def advance(name: str, n: int = 1, tokens: int = 0) -> None:
             counted = _progress.tasks[task_id].fields.get("tokens", 0)
             _progress.update(task_id, tokens=counted + tokens)
         _progress.advance(task_id, n)
+
+
+def ingest_callbacks() -> dict:
+    """The ingest stage's parameter: documents read, onto the `documents` bar."""
+    return {"on_progress": lambda n: advance("documents", n)}
+
+
+def generation_callbacks(label: str) -> dict:
+    """The augment stage's parameters: rows and tokens onto the `generate` bar, and a line in
+    the task's log at most every 30 s with rows, tokens/s and an ETA."""
+    from prefect import get_run_logger
+
+    from corpusmill.tasks.generation import Throughput
+
+    meter = Throughput()
+    last_log = [0.0]
+
+    def started(rows: int) -> None:
+        meter.start(rows)
+        begin("generate", rows)  # grows the bar's total, so it shows an ETA
+
+    def generated(rows: int, tokens: int) -> None:
+        meter.add(0, tokens)
+        advance("generate", 0, tokens=tokens)
+
+    def advanced(rows: int) -> None:
+        advance("generate", rows)
+        meter.add(rows)
+        now = time.monotonic()
+        if now - last_log[0] >= 30 or meter.rows >= meter.total:
+            last_log[0] = now
+            get_run_logger().info("augment %s: %s", label, meter.line())
+
+    return {"on_start": started, "on_generated": generated, "on_progress": advanced}

@@ -1,163 +1,112 @@
 """The release flow: ingest -> tokenize -> augment -> dedup -> split -> validate -> publish.
 
-Stages pass Parquet shard *paths* under `<work_dir>/<dataset>/<stage>/`. Each shard task
-is cached on the content hash of its input files plus its settings plus the stage's cache
-version below, with results persisted under `<work_dir>/<dataset>/.results`, so a killed
-run resumes where it stopped and a changed setting recomputes only what depends on it.
-The work itself lives in `tasks/`; this module only wires it.
+Stages pass Parquet shard *paths* under `<work_dir>/<dataset>/<stage>/`. Each stage is
+declared once, next to its code, as a `tasks.stage.Stage` (name, version, `run`, the
+parameters that name input files, what else its output depends on); `stage_task` turns a
+declaration into a Prefect task whose cache key follows from it, with results persisted
+under `<work_dir>/<dataset>/.results`, so a killed run resumes where it stopped and a
+changed setting recomputes only what depends on it. This module only wires the stages.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import re
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from prefect.tasks import exponential_backoff
 
+from corpusmill.expectations.default import SuiteParams
 from corpusmill.flows import progress
 from corpusmill.tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
 from corpusmill.tasks.errors import CorpusmillError
-from corpusmill.tasks.generation import Throughput, generator_identity
+from corpusmill.tasks.generation import generator_identity
 from corpusmill.tasks.models import resolve
 from corpusmill.tasks.recipe import Recipe, Runner, load_recipe, source_name
-from corpusmill.tasks.shards import StageReport, file_sha256
-from corpusmill.tasks.validate import validate_release, format_failures
-from corpusmill.expectations.default import SuiteParams
+from corpusmill.tasks.shards import StageReport
+from corpusmill.tasks.stage import Stage
+from corpusmill.tasks.validate import format_failures, validate_release
 
-# Bump a stage's version when its code changes what it writes: cached shards of older
-# versions are then recomputed instead of reused.
-CACHE_VERSIONS = {"ingest": "1", "tokenize": "1", "augment": "2", "signatures": "2", "bands": "1", "cluster": "2",
-                  "assign": "1", "finalize": "1"}
 DEFAULT_WORK_DIR = "work"
+# Errors a rerun of the same work can get past: the network or an object store failing for
+# a moment. A missing or forbidden file is not among them; nor is bad input or a bug.
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 class ValidationFailed(CorpusmillError):
     pass
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    return value
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)):
+        return False
+    if isinstance(error, (OSError, TimeoutError)):  # ConnectionError, requests' errors, fsspec/s3fs I/O errors
+        return True
+    try:
+        import httpx  # huggingface_hub's transport: a dropped Hub stream
+    except ImportError:
+        return False
+    return isinstance(error, httpx.TransportError)
 
 
-def content_key(stage: str, inputs: tuple[str, ...] = ()):
-    """A cache_key_fn: the stage and its version, the sha256 of every input file named in
-    `inputs`, and every other parameter as JSON (settings and output paths)."""
-
-    def key(_context, parameters: dict[str, Any]) -> str:
-        digest = hashlib.sha256(f"{stage}/{CACHE_VERSIONS[stage]}".encode())
-        for name in sorted(parameters):
-            value = parameters[name]
-            if name in inputs:
-                for path in value if isinstance(value, (list, tuple)) else [value]:
-                    digest.update(file_sha256(path).encode())
-            else:
-                digest.update(f"{name}={json.dumps(_plain(value), sort_keys=True, default=str)}".encode())
-        return f"{stage}-{digest.hexdigest()}"
-
-    return key
-
-
-def _retry_unless_user_error(_task, _task_run, state) -> bool:
-    """Retry I/O hiccups, not bad input: the same bad input fails the same way again."""
+def _retry_if_transient(_task, _task_run, state) -> bool:
     try:
         state.result()
-    except CorpusmillError:
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        return is_transient(e)
     return False
 
 
-shard_task = dict(persist_result=True, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_unless_user_error)
+RETRIES = 3
+RETRY_POLICY = dict(retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+                    retry_condition_fn=_retry_if_transient)
 
 
-@task(name="ingest", task_run_name="ingest-{unit.label}", cache_key_fn=content_key("ingest"), **shard_task)
-def ingest_unit(source, unit, out_dir: Path, quarantine_path: Path, shard_rows: int, fingerprint: str) -> dict:
-    return ingest.run(source, unit, out_dir, quarantine_path, shard_rows, on_progress=lambda n: progress.advance("documents", n))
+def stage_task(stage: Stage, **options):
+    """The Prefect task of a stage: cached on `stage.cache_key`, transient errors retried with backoff."""
+    return task(stage.run, name=stage.name,
+                task_run_name=f"{stage.name}-{stage.label}" if stage.label else stage.name,
+                cache_key_fn=lambda _context, parameters: stage.cache_key(parameters),
+                persist_result=True, **RETRY_POLICY, **options)
 
 
-@task(name="tokenize", task_run_name="tokenize-{in_path.name}", cache_key_fn=content_key("tokenize", ("in_path",)), **shard_task)
-def tokenize_shard(in_path: Path, out_path: Path, quarantine_path: Path, tokenizer_ref, filters, tokenizer_identity: str) -> dict:
-    return tokenize.run(in_path, out_path, quarantine_path, tokenizer_ref, filters)
+ingest_unit = stage_task(ingest.STAGE)
+tokenize_shard = stage_task(tokenize.STAGE)
+augment_shard = stage_task(augment.STAGE, tags=["gpu"])
+signature_shard = stage_task(dedup.SIGNATURES)
+band_pairs = stage_task(dedup.BANDS)
+cluster_rows = stage_task(dedup.CLUSTER)
+assign_splits = stage_task(split.ASSIGN)
+finalize_shard = stage_task(split.FINALIZE)
 
 
-@task(name="augment", task_run_name="augment-{in_path.name}", tags=["gpu"],
-      cache_key_fn=content_key("augment", ("in_path",)), **shard_task)
-def augment_shard(in_path: Path, out_path: Path, quarantine_path: Path, settings, seed: int, tokenizer_ref, filters,
-                  generator: str, tokenizer_identity: str, prompt_ids: list[str]) -> dict:
-    logger = get_run_logger()
-    meter = Throughput()
-    last_log = [0.0]
+@dataclass
+class Build:
+    """One build's recipe, work folders and stage reports, handed from step to step."""
 
-    def started(rows: int) -> None:
-        meter.start(rows)
-        progress.begin("generate", rows)  # grows the bar's total, so it shows an ETA
+    recipe: Recipe
+    base: Path
+    reports: dict[str, dict] = field(default_factory=dict)
 
-    def generated(rows: int, tokens: int) -> None:
-        meter.add(0, tokens)
-        progress.advance("generate", 0, tokens=tokens)
+    @property
+    def quarantine(self) -> Path:
+        return self.base / "quarantine"
 
-    def advanced(rows: int) -> None:
-        progress.advance("generate", rows)
-        meter.add(rows)
-        now = time.monotonic()
-        if now - last_log[0] >= 30 or meter.rows >= meter.total:  # at most one line per 30 s per shard
-            last_log[0] = now
-            logger.info("augment %s: %s", in_path.name, meter.line())
+    @property
+    def cached(self) -> dict:
+        return dict(result_storage=self.base / ".results")
 
-    return augment.run(in_path, out_path, quarantine_path, settings, seed, tokenizer_ref, filters,
-                       on_progress=advanced, on_start=started, on_generated=generated)
+    def submit(self, stage_task_, *args, **kwargs):
+        return stage_task_.with_options(**self.cached).submit(*args, **kwargs)
 
-
-@task(name="signatures", task_run_name="signatures-{in_path.name}", cache_key_fn=content_key("signatures", ("in_path",)), **shard_task)
-def signature_shard(in_path: Path, out_path: Path, settings) -> dict:
-    return dedup.signatures(in_path, out_path, settings)
-
-
-@task(name="bands", task_run_name="bands-{band}", cache_key_fn=content_key("bands", ("signature_paths",)), **shard_task)
-def band_pairs(signature_paths: list[Path], band: int, out_path: Path, settings) -> dict:
-    return dedup.band_pairs(signature_paths, band, out_path, settings)
-
-
-@task(name="cluster", cache_key_fn=content_key("cluster", ("signature_paths", "text_paths", "pair_paths")), **shard_task)
-def cluster_rows(signature_paths: list[Path], text_paths: list[Path], pair_paths: list[Path], out_path: Path, settings) -> dict:
-    return dedup.cluster(list(zip(signature_paths, text_paths)), out_path, settings, pair_paths=pair_paths)
-
-
-def dedup_stage(signature_paths: list[Path], text_paths: list[Path], out_dir: Path, settings, cached: dict) -> dict:
-    """One task per LSH band (candidate pairs from the per-shard band keys), then one
-    cluster task (exact Jaccard verification, union-find, keep rule)."""
-    bands, _ = dedup.lsh_params(settings)
-    pair_paths = [out_dir / "bands" / f"band-{k:03d}.parquet" for k in range(bands)]
-    _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
-                      for k, path in enumerate(pair_paths)])
-    return cluster_rows.with_options(**cached).submit(
-        signature_paths, text_paths, pair_paths, out_dir / "clusters.parquet", settings).result()
-
-
-@task(name="assign-splits", cache_key_fn=content_key("assign", ("clusters_path", "shard_paths")), **shard_task)
-def assign_splits(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits, max_synthetic_share, seed: int,
-                  previous: split.Previous | None = None) -> dict:
-    return split.assign(clusters_path, shard_paths, out_path, splits, max_synthetic_share, seed, previous)
-
-
-@task(name="finalize", task_run_name="finalize-{shard_path.name}",
-      cache_key_fn=content_key("finalize", ("shard_path", "assignments_path")), **shard_task)
-def finalize_shard(shard_path: Path, assignments_path: Path, out_path: Path, quarantine_path: Path) -> dict:
-    return split.finalize(shard_path, assignments_path, out_path, quarantine_path)
+    def report(self, stage: str, report: dict) -> None:
+        self.reports[stage] = report
+        _report_stage(self.recipe, report)
 
 
 def _gather(stage: str, futures: list) -> list[dict]:
@@ -181,149 +130,185 @@ def _report_stage(recipe: Recipe, report: dict) -> None:
                           report["dropped"] or "none")
 
 
+def _merged(b: Build, stage: str, results: list[dict]) -> None:
+    b.report(stage, StageReport.merge(stage, results).to_dict())
+
+
+def ingest_sources(b: Build) -> tuple[list[Path], dict]:
+    """One task per input unit (a file, or a whole source); returns the shards and each unit's fingerprint."""
+    units = ingest.plan(b.recipe.sources)
+    progress.begin("documents", None)
+    results = _gather("ingest", [
+        b.submit(ingest_unit, b.recipe.sources[u.source_index], u, b.base / "ingest",
+                 b.quarantine / f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet", b.recipe.work_shard_rows,
+                 **progress.ingest_callbacks())
+        for u in units])
+    _merged(b, "ingest", results)
+    fingerprints = {u: ingest.unit_fingerprint(b.recipe.sources[u.source_index], u) for u in units}
+    return [Path(p) for r in results for p in r["shards"]], fingerprints
+
+
+def per_shard(b: Build, shards: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Tokenize (+ augment, + signatures) each shard, chained so a shard moves on as soon as
+    it is ready; returns the text shards (originals, then synthetic) and their signature files."""
+    recipe = b.recipe
+    tokenized = [b.base / "tokenize" / s.name for s in shards]
+    tokenize_futures = [b.submit(tokenize_shard, s, out, b.quarantine / f"tokenize-{s.name}", recipe.tokenizer,
+                                 recipe.filters) for s, out in zip(shards, tokenized)]
+    text_shards, upstream, augment_futures = list(tokenized), list(tokenize_futures), []
+    if recipe.augment and recipe.augment.fraction > 0:
+        augmented = [b.base / "augment" / s.name for s in shards]
+        progress.begin("generate", None)
+        augment_futures = [
+            b.submit(augment_shard, t, out, b.quarantine / f"augment-{t.name}", recipe.augment, recipe.seed,
+                     recipe.tokenizer, recipe.filters, **progress.generation_callbacks(t.name), wait_for=[f])
+            for t, out, f in zip(tokenized, augmented, tokenize_futures)]
+        text_shards += augmented
+        upstream += augment_futures
+    signature_paths = [b.base / "dedup" / "signatures" / f"{p.parent.name}-{p.name}" for p in text_shards]
+    signature_futures = [b.submit(signature_shard, p, out, recipe.dedup, wait_for=[f])
+                         for p, out, f in zip(text_shards, signature_paths, upstream)]
+    _merged(b, "tokenize", _gather("tokenize", tokenize_futures))
+    if augment_futures:
+        _merged(b, "augment", _gather("augment", augment_futures))
+    _gather("signatures", signature_futures)
+    return text_shards, signature_paths
+
+
+def dedup_stage(signature_paths: list[Path], text_paths: list[Path], out_dir: Path, settings, cached: dict) -> dict:
+    """One task per LSH band (candidate pairs from the per-shard band keys), then one
+    cluster task (exact Jaccard verification, union-find, keep rule) writing
+    `out_dir/clusters.parquet`; returns the dedup report."""
+    bands, _ = dedup.lsh_params(settings)
+    pair_paths = [out_dir / "bands" / f"band-{k:03d}.parquet" for k in range(bands)]
+    _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
+                      for k, path in enumerate(pair_paths)])
+    return cluster_rows.with_options(**cached).submit(signature_paths, text_paths, pair_paths,
+                                                      out_dir / "clusters.parquet", settings).result()
+
+
+def deduplicate(b: Build, text_shards: list[Path], signature_paths: list[Path]) -> Path:
+    """The dedup stage over every text shard, reported as a table and a Markdown artifact."""
+    b.report("dedup", dedup_stage(signature_paths, text_shards, b.base / "dedup", b.recipe.dedup, b.cached))
+    create_markdown_artifact(key=_artifact_key(b.recipe.name, "dedup-report"),
+                             markdown=dedup.report_markdown(b.reports["dedup"]),
+                             description=f"{b.recipe.name} {b.recipe.version}: dedup report")
+    return b.base / "dedup" / "clusters.parquet"
+
+
+def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], signature_paths: list[Path],
+                        previous: tuple[Path, dict] | None) -> list[Path]:
+    """Choose every lineage's split (the one step that sees all ids), then write each shard's rows with it."""
+    recipe = b.recipe
+    pinned = split.Previous(str(previous[0]), tuple(map(str, signature_paths)), recipe.dedup.model_dump(),
+                            previous[1]["version"]) if previous else None
+    assignments_path = b.base / "split" / "assignments.parquet"
+    cap = recipe.augment.max_synthetic_share if recipe.augment else None
+    b.report("split", b.submit(assign_splits, clusters_path, text_shards, assignments_path, recipe.splits, cap,
+                               recipe.seed, pinned).result())
+    final = [b.base / "final" / f"{p.parent.name}-{p.name}" for p in text_shards]
+    _gather("finalize", [b.submit(finalize_shard, p, assignments_path, out, b.quarantine / f"final-{out.name}")
+                         for p, out in zip(text_shards, final)])
+    return final
+
+
+def previous_release(b: Build) -> tuple[Path, dict] | None:
+    """output.previous: that release's ids and signatures, prepared before any work (it may be
+    missing or remote), so held-out lineages stay held out; and its name, version, fingerprint."""
+    if not b.recipe.output.previous:
+        return None
+    manifest = publish.read_manifest(b.recipe.output.previous)  # once: it may be remote
+    prepared = split.prepare_previous(b.recipe.output.previous, b.base / "previous", b.recipe.dedup)
+    return prepared, {k: manifest[k] for k in ("name", "version", "fingerprint")}
+
+
 def build(recipe: Recipe, work_dir: Path) -> Path:
     """Run every stage of `recipe` and publish the release; returns its folder."""
     target = publish.release_path(recipe.output.root, recipe.name, recipe.version)
     publish.check_absent(target)  # before hours of work, not after
-    base = work_dir / recipe.name
-    quarantine = base / "quarantine"
-    cached = dict(result_storage=base / ".results")
-    reports: dict[str, dict] = {}
-    # output.previous: that release's rows, ids and signatures, so held-out lineages stay held out
-    previous = parent = None
-    if recipe.output.previous:
-        parent_manifest = publish.read_manifest(recipe.output.previous)  # once: it may be remote
-        parent = {k: parent_manifest[k] for k in ("name", "version", "fingerprint")}
-        previous = split.prepare_previous(recipe.output.previous, base / "previous", recipe.dedup)
+    b = Build(recipe, work_dir / recipe.name)
+    previous = previous_release(b)
+    shards, fingerprints = ingest_sources(b)
+    text_shards, signature_paths = per_shard(b, shards)
+    clusters_path = deduplicate(b, text_shards, signature_paths)
+    final = assign_and_finalize(b, clusters_path, text_shards, signature_paths, previous)
 
-    def stage_done(stage: str, results: list[dict]) -> StageReport:
-        merged = StageReport.merge(stage, results)
-        reports[stage] = merged.to_dict()
-        _report_stage(recipe, reports[stage])
-        return merged
-
-    # ingest: one task per input unit (a file, or a whole source)
-    units = ingest.plan(recipe.sources)
-    progress.begin("documents", None)
-    fingerprints = {u: ingest.unit_fingerprint(recipe.sources[u.source_index], u) for u in units}
-    results = _gather("ingest", [
-        ingest_unit.with_options(**cached).submit(
-            recipe.sources[u.source_index], u, base / "ingest",
-            quarantine / f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet", recipe.work_shard_rows, fingerprints[u])
-        for u in units])
-    stage_done("ingest", results)
-    shards = [Path(p) for r in results for p in r["shards"]]
-
-    # tokenize (+ augment, + signatures) per shard, chained so a shard moves on as soon as it is ready
-    tokenizer_identity = resolve(recipe.tokenizer).identity
-    tokenized = [base / "tokenize" / s.name for s in shards]
-    tokenize_futures = [
-        tokenize_shard.with_options(**cached).submit(s, out, quarantine / f"tokenize-{s.name}", recipe.tokenizer,
-                                                     recipe.filters, tokenizer_identity)
-        for s, out in zip(shards, tokenized)]
-    text_shards = list(tokenized)
-    augment_futures = []
-    if recipe.augment and recipe.augment.fraction > 0:
-        # Identities of the weights and the template texts: a changed file regenerates.
-        generator = generator_identity(recipe.augment)
-        prompt_ids = [t.prompt_id for t in augment.load_templates(recipe.augment.templates)]
-        augmented = [base / "augment" / s.name for s in shards]
-        progress.begin("generate", None)
-        augment_futures = [
-            augment_shard.with_options(**cached).submit(
-                t, out, quarantine / f"augment-{t.name}", recipe.augment, recipe.seed, recipe.tokenizer, recipe.filters,
-                generator, tokenizer_identity, prompt_ids, wait_for=[f])
-            for t, out, f in zip(tokenized, augmented, tokenize_futures)]
-        text_shards += augmented
-    upstream = tokenize_futures + augment_futures
-    signature_paths = [base / "dedup" / "signatures" / f"{p.parent.name}-{p.name}" for p in text_shards]
-    signature_futures = [signature_shard.with_options(**cached).submit(p, out, recipe.dedup, wait_for=[f])
-                         for p, out, f in zip(text_shards, signature_paths, upstream)]
-    stage_done("tokenize", _gather("tokenize", tokenize_futures))
-    if augment_futures:
-        stage_done("augment", _gather("augment", augment_futures))
-    _gather("signatures", signature_futures)
-
-    # dedup and split: the only steps that see all rows, through small side files
-    clusters_path = base / "dedup" / "clusters.parquet"
-    dedup_report = dedup_stage(signature_paths, text_shards, clusters_path.parent, recipe.dedup, cached)
-    reports["dedup"] = dedup_report
-    _report_stage(recipe, dedup_report)
-    create_markdown_artifact(key=_artifact_key(recipe.name, "dedup-report"), markdown=dedup.report_markdown(dedup_report),
-                             description=f"{recipe.name} {recipe.version}: dedup report")
-    assignments_path = base / "split" / "assignments.parquet"
-    cap = recipe.augment.max_synthetic_share if recipe.augment else None
-    split_report = assign_splits.with_options(**cached).submit(
-        clusters_path, text_shards, assignments_path, recipe.splits, cap, recipe.seed,
-        split.Previous(str(previous), tuple(map(str, signature_paths)), recipe.dedup.model_dump(), parent["version"])
-        if previous else None).result()
-    reports["split"] = split_report
-    _report_stage(recipe, split_report)
-    final = [base / "final" / f"{p.parent.name}-{p.name}" for p in text_shards]
-    _gather("finalize", [finalize_shard.with_options(**cached).submit(
-        p, assignments_path, out, quarantine / f"final-{out.name}") for p, out in zip(text_shards, final)])
-
-    return publish_release(recipe, final, target, reports, fingerprints, base, parent)
-
-
-@task(name="publish", retries=0)
-def publish_release(recipe: Recipe, final: list[Path], target: Path, reports: dict, fingerprints: dict, base: Path,
-                    parent: dict | None = None) -> Path:
-    """Write, validate and commit the release folder; a failed critical expectation stops here."""
     remote = publish.is_remote(target)  # output.root is an fsspec URL: build locally, then upload
-    staging = base / f".publish-{recipe.version}.staging" if remote else publish.staging_path(target)
+    staging = b.base / f".publish-{recipe.version}.staging" if remote else publish.staging_path(target)
     publish.discard(staging)  # leftovers of a killed run
     try:
-        split_rows = {s: v["rows"] for s, v in reports["split"]["extra"]["rows"].items()}
-        progress.begin("publish", len(final))
-        files, stats = publish.write_splits(final, staging / "data", split_rows, recipe.output.shard_rows,
-                                            on_progress=lambda n: progress.advance("publish", n))
-        split_files = {s: [staging / f["path"] for f in files if f["split"] == s] for s in schema.SPLITS}
-        summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation")
-        if not summary["success"]:
-            failed = base / "validation-failed"
-            publish.discard(failed)
-            (staging / "validation").rename(failed)
-            raise ValidationFailed(format_failures(summary).replace(str(staging / "validation"), str(failed)))
-
-        # Reports are referred to inside the release, not by the staging folder's absolute path.
-        summary.update(results="validation/results.json", data_docs="validation/data_docs/index.html")
-        rows_out = sum(s.rows for s in stats.values())
-        synthetic_out = sum(s.synthetic for s in stats.values())
-        manifest = {
-            "name": recipe.name,
-            "version": recipe.version,
-            "fingerprint": publish.fingerprint(files),
-            "recipe": recipe.resolved(),
-            "inputs": _inputs(recipe, fingerprints),
-            "code_version": publish.code_version(),
-            "packages": publish.package_versions(),
-            "seed": recipe.seed,
-            "tokenizer": resolve(recipe.tokenizer).identity,
-            **({"generator": generator_identity(recipe.augment)} if recipe.augment else {}),
-            "files": files,
-            "splits": {s: {"rows": st.rows, "tokens": st.tokens, "synthetic": st.synthetic} for s, st in stats.items()},
-            "accounting": publish.accounting(reports, rows_out, synthetic_out),
-            "stages": reports,
-            "validation": summary,
-        }
-        if parent:
-            manifest["parent"] = parent
-        card.write_plots(stats, staging / "plots")
-        (staging / "README.md").write_text(card.dataset_card(manifest, stats, reports["dedup"]), encoding="utf-8")
-        publish.write_json(manifest, staging / publish.MANIFEST)
-        if remote:
-            publish.upload(staging, target)
-        else:
-            publish.commit(staging, target)
+        files, stats = write_release(recipe, final, staging, b.reports)
+        summary = validate(recipe, staging, files, b.base / "validation-failed")
+        manifest = release_manifest(recipe, files, stats, b.reports, fingerprints, summary,
+                                    previous[1] if previous else None)
+        commit_release(manifest, stats, b.reports["dedup"], staging, target)
     finally:
         publish.discard(staging)
     create_markdown_artifact(
         key=_artifact_key(recipe.name, "release"),
-        markdown=f"Published **{recipe.name} {recipe.version}** to `{target}`: {rows_out:,} rows "
-                 f"({synthetic_out:,} synthetic), fingerprint `{manifest['fingerprint']}`.",
+        markdown=f"Published **{recipe.name} {recipe.version}** to `{target}`: {manifest['accounting']['rows_out']:,} rows "
+                 f"({manifest['accounting']['synthetic_out']:,} synthetic), fingerprint `{manifest['fingerprint']}`.",
         description="release summary")
     return target
+
+
+@task(name="write-release", retries=0)
+def write_release(recipe: Recipe, final: list[Path], staging: Path, reports: dict) -> tuple[list[dict], dict]:
+    """Stream the finalized shards into the staging folder's split files."""
+    split_rows = {s: v["rows"] for s, v in reports["split"]["extra"]["rows"].items()}
+    progress.begin("publish", len(final))
+    return publish.write_splits(final, staging / "data", split_rows, recipe.output.shard_rows,
+                                on_progress=lambda n: progress.advance("publish", n))
+
+
+@task(name="validate", retries=0)
+def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path) -> dict:
+    """Run the Great Expectations suite over the staged splits; a failed critical expectation
+    stops the release, with its report moved to `failed_dir`."""
+    split_files = {s: [staging / f["path"] for f in files if f["split"] == s] for s in schema.SPLITS}
+    summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation")
+    if not summary["success"]:
+        publish.discard(failed_dir)
+        (staging / "validation").rename(failed_dir)
+        raise ValidationFailed(format_failures(summary).replace(str(staging / "validation"), str(failed_dir)))
+    # Reports are referred to inside the release, not by the staging folder's absolute path.
+    return {**summary, "results": "validation/results.json", "data_docs": "validation/data_docs/index.html"}
+
+
+def release_manifest(recipe: Recipe, files: list[dict], stats: dict, reports: dict, fingerprints: dict, summary: dict,
+                     parent: dict | None) -> dict:
+    rows_out = sum(s.rows for s in stats.values())
+    synthetic_out = sum(s.synthetic for s in stats.values())
+    manifest = {
+        "name": recipe.name,
+        "version": recipe.version,
+        "fingerprint": publish.fingerprint(files),
+        "recipe": recipe.resolved(),
+        "inputs": _inputs(recipe, fingerprints),
+        "code_version": publish.code_version(),
+        "packages": publish.package_versions(),
+        "seed": recipe.seed,
+        "tokenizer": resolve(recipe.tokenizer).identity,
+        **({"generator": generator_identity(recipe.augment)} if recipe.augment else {}),
+        "files": files,
+        "splits": {s: {"rows": st.rows, "tokens": st.tokens, "synthetic": st.synthetic} for s, st in stats.items()},
+        "accounting": publish.accounting(reports, rows_out, synthetic_out),
+        "stages": reports,
+        "validation": summary,
+    }
+    return {**manifest, "parent": parent} if parent else manifest
+
+
+@task(name="publish", retries=0)
+def commit_release(manifest: dict, stats: dict, dedup_report: dict, staging: Path, target: Path | str) -> None:
+    """Add the card, plots and manifest to the validated staging folder and move it into place."""
+    card.write_plots(stats, staging / "plots")
+    (staging / "README.md").write_text(card.dataset_card(manifest, stats, dedup_report), encoding="utf-8")
+    publish.write_json(manifest, staging / publish.MANIFEST)
+    if publish.is_remote(target):
+        publish.upload(staging, target)
+    else:
+        publish.commit(staging, target)
 
 
 def _inputs(recipe: Recipe, fingerprints: dict) -> list[dict]:

@@ -32,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from corpusmill.tasks import schema
 from corpusmill.tasks.dedup import jaccard, shingles
 from corpusmill.tasks.generation import Generation, generate_all, generator_identity
-from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.models import load_tokenizer, resolve
 from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.tokenize import filter_rows
 
-STAGE = "augment"
+NAME = "augment"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Generated rows before the tokenize filters add `n_tokens`.
@@ -325,7 +326,7 @@ def run(
 
     generator = generator_identity(settings)
     sampling = settings.model_dump(include={"backend", "temperature", "top_p", "max_new_tokens", "stop"})
-    report = StageReport(STAGE, rows_in=len(parents))
+    report = StageReport(NAME, rows_in=len(parents))
     candidates, dropped = [], []
     for parent, template, generation in zip(parents, templates, outputs):
         text = generation.text
@@ -347,7 +348,7 @@ def run(
                 {
                     "id": row["id"],
                     "source": row["source"],
-                    "stage": STAGE,
+                    "stage": NAME,
                     "reason": reason,
                     "detail": f"{detail}; parent_id={parent['id']}; prompt_id={template.prompt_id}",
                     "text": text,
@@ -359,7 +360,7 @@ def run(
 
     # The same PII rule and token bounds as the originals, and the recipe tokenizer's counts.
     kept, filtered, filter_report = filter_rows(
-        pa.Table.from_pylist(candidates, schema=CANDIDATE), load_tokenizer(tokenizer_ref), filters, stage=STAGE
+        pa.Table.from_pylist(candidates, schema=CANDIDATE), load_tokenizer(tokenizer_ref), filters, stage=NAME
     )
     report.dropped.update(filter_report.dropped)
     dropped.extend(filtered)
@@ -386,3 +387,12 @@ def run(
         **filter_report.extra,
     )
     return report.to_dict()
+
+
+def _identity(settings: Augment, tokenizer_ref: ModelRef, **_) -> dict:
+    """The weights, tokenizer and template texts behind the parameters: a changed file regenerates."""
+    return {"generator": generator_identity(settings), "tokenizer": resolve(tokenizer_ref).identity,
+            "prompts": [t.prompt_id for t in load_templates(settings.templates)]}
+
+
+STAGE = Stage(NAME, "2", run, inputs=("in_path",), label="{in_path.name}", identity=_identity)

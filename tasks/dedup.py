@@ -47,10 +47,11 @@ import pyarrow.parquet as pq
 from datasketch import MinHash
 
 from corpusmill.tasks.recipe import Dedup
+from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.shards import ParquetSink, StageReport, read_table, write_table
 
-STAGE = "dedup"
-VERSION = "2"
+NAME = "dedup"
+VERSION = "2"  # of the signature side files and of every dedup step below
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 SCHEME = "affine32"  # datasketch 2.0's default; named so stored signatures say what they are
@@ -868,7 +869,7 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
     sizes = sizes[sizes > 0]
     name = lambda g: ids[int(rep[g])].as_py()  # noqa: E731
     rejected = np.flatnonzero(~ok)
-    report = StageReport(STAGE, rows_in=n, rows_out=int(keep.sum()))
+    report = StageReport(NAME, rows_in=n, rows_out=int(keep.sum()))
     report.dropped = Counter({EXACT: int(exact.sum()), NEAR: int(near.sum())})
     curve = s_curve(settings)
     report.extra = {
@@ -895,6 +896,17 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
         ],
     }
     return report.to_dict()
+
+
+def cluster_shards(signature_paths: list[Path], text_paths: list[Path], pair_paths: list[Path], out_path: Path,
+                   settings: Dedup) -> dict:
+    """`cluster` over the flow's parallel lists of signature files and text shards."""
+    return cluster(list(zip(signature_paths, text_paths)), out_path, settings, pair_paths=pair_paths)
+
+
+SIGNATURES = Stage("signatures", VERSION, signatures, inputs=("in_path",), label="{in_path.name}")
+BANDS = Stage("bands", VERSION, band_pairs, inputs=("side_paths",), label="{band}")
+CLUSTER = Stage("cluster", VERSION, cluster_shards, inputs=("signature_paths", "text_paths", "pair_paths"))
 
 
 def report_markdown(report: dict) -> str:

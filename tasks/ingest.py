@@ -51,10 +51,11 @@ from fsspec.utils import infer_compression
 
 from corpusmill.tasks import schema
 from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.recipe import FilesSource, HubSource, PythonDocsSource, source_name
 from corpusmill.tasks.shards import ParquetSink, StageReport, dropped_table, write_table
 
-STAGE = "ingest"
+NAME = "ingest"
 SNIPPET_CHARS = 1000  # raw text kept per quarantined row
 PROGRESS_EVERY = 1000  # documents between on_progress calls
 BATCH_ROWS = 10_000  # rows buffered before a write (= the shard row-group size)
@@ -175,8 +176,22 @@ def plan(sources: list[AnySource]) -> list[IngestUnit]:
     return units
 
 
+_fingerprints: dict[tuple[str, IngestUnit], str] = {}
+
+
 def unit_fingerprint(source: AnySource, unit: IngestUnit) -> str:
-    """sha256 over the unit's input content: the cache key of its task and the manifest's record."""
+    """sha256 over the unit's input content: the cache key of its task and the manifest's record.
+
+    Remembered per process: the flow asks for it for the manifest after the task's cache
+    key did, and hashing every input file twice would double the cost on large inputs.
+    """
+    key = (source.model_dump_json(), unit)
+    if key not in _fingerprints:
+        _fingerprints[key] = _content_fingerprint(source, unit)
+    return _fingerprints[key]
+
+
+def _content_fingerprint(source: AnySource, unit: IngestUnit) -> str:
     if isinstance(source, FilesSource):
         if unit.location is not None:
             return _url_sha256(unit.location)
@@ -276,7 +291,7 @@ def run(
     Returns the StageReport as a dict plus `shards`: the written paths, in row order.
     """
     name = source_name(source)
-    report = StageReport(STAGE)
+    report = StageReport(NAME)
     stem = f"s{unit.source_index:03d}-u{unit.unit_index:05d}"
     shards = _ShardWriter(Path(out_dir), stem, shard_rows, name, source.license)
     quarantine = _Quarantine(Path(quarantine_path))
@@ -302,7 +317,7 @@ def run(
                 else:
                     report.drop(reason)
                     quarantine.add(
-                        {"id": rid, "source": name, "stage": STAGE, "reason": reason,
+                        {"id": rid, "source": name, "stage": NAME, "reason": reason,
                          "detail": f"{doc.where}: {detail}", "text": _snippet(doc.text)}
                     )
                 if on_progress and unreported >= PROGRESS_EVERY:
@@ -791,3 +806,7 @@ def _hub_documents(source: HubSource) -> Iterator[_Doc]:
         else:
             yield _cell(key, where, row[source.text_column], source.text_column)
         index += 1
+
+
+STAGE = Stage(NAME, "1", run, label="{unit.label}",
+              identity=lambda source, unit, **_: {"input": unit_fingerprint(source, unit)})

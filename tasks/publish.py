@@ -32,7 +32,7 @@ from corpusmill.tasks import schema
 from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.shards import ParquetSink, file_sha256, read_table
 
-STAGE = "publish"
+NAME = "publish"
 MANIFEST = "manifest.json"
 CORE_PACKAGES = (
     "corpusmill", "prefect", "transformers", "tokenizers", "torch", "datasets",

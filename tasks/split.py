@@ -22,9 +22,10 @@ import xxhash
 
 from corpusmill.tasks import schema
 from corpusmill.tasks.recipe import Dedup, Splits
+from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
 
-STAGE = "split"
+NAME = "split"
 
 ASSIGNMENTS = pa.schema(
     [
@@ -259,7 +260,7 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
     reason = np.array(clusters.column("reason").to_pylist(), dtype=object)
     split[~keep] = None
 
-    report = StageReport(STAGE, rows_in=int(keep.sum()))
+    report = StageReport(NAME, rows_in=int(keep.sum()))
     synthetic = rows.column("synthetic").to_numpy(zero_copy_only=False)
     id_list = ids.to_pylist()
     if max_synthetic_share is not None:
@@ -312,3 +313,7 @@ def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantin
     table = table.filter(assigned)
     write_table(table, out_path)
     return {"rows": table.num_rows, "dropped": dropped.num_rows}
+
+
+ASSIGN = Stage("assign-splits", "1", assign, inputs=("clusters_path", "shard_paths"))
+FINALIZE = Stage("finalize", "1", finalize, inputs=("shard_path", "assignments_path"), label="{shard_path.name}")

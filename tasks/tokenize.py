@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpusmill.tasks import pii, schema
-from corpusmill.tasks.models import load_tokenizer
+from corpusmill.tasks.models import load_tokenizer, resolve
 from corpusmill.tasks.recipe import Filters, ModelRef
 from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks.stage import Stage
 
-STAGE = "tokenize"
+NAME = "tokenize"
 ENCODE_BATCH = 1_000  # documents per encode call: bounds the memory held by token ids
 
 
@@ -32,7 +33,7 @@ def count_tokens(texts: list[str], tokenizer) -> np.ndarray:
     return counts
 
 
-def filter_rows(table: pa.Table, tokenizer, filters: Filters, stage: str = STAGE) -> tuple[pa.Table, list[dict], StageReport]:
+def filter_rows(table: pa.Table, tokenizer, filters: Filters, stage: str = NAME) -> tuple[pa.Table, list[dict], StageReport]:
     """Apply the PII rule and token bounds; return kept rows (TOKENIZED schema), dropped rows, report."""
     if "synthetic" not in table.column_names:
         table = schema.with_provenance(table)
@@ -83,3 +84,7 @@ def run(in_path: Path, out_path: Path, quarantine_path: Path, tokenizer_ref: Mod
         Path(quarantine_path).unlink(missing_ok=True)  # an earlier run's rejects must not linger
     report.extra["tokens"] = int(pc.sum(table.column("n_tokens")).as_py() or 0)
     return report.to_dict()
+
+
+STAGE = Stage(NAME, "1", run, inputs=("in_path",), label="{in_path.name}",
+              identity=lambda tokenizer_ref, **_: {"tokenizer": resolve(tokenizer_ref).identity})

@@ -50,7 +50,14 @@ def run(
             target = flow(str(recipe), set_ or [], str(work_dir))
     except CorpusmillError as e:
         _fail(str(e))
-    except Exception as e:  # a bug, not bad input: one paragraph here, the traceback is in the log above
+    except Exception as e:
+        from corpusmill.flows.release import RETRIES, is_transient
+
+        if is_transient(e):  # the storage or network failed and kept failing: not a bug, not bad input
+            _fail(f"the run stopped on an I/O error that persisted after {RETRIES} retries: {type(e).__name__}: {e}. "
+                  f"Check the storage or network it names, then rerun the same command: finished shards are "
+                  f"cached in {work_dir} and are not recomputed.")
+        # a bug, not bad input: one paragraph here, the traceback is in the log above
         _fail(f"the run stopped on an unexpected {type(e).__name__}: {e}. Finished shards are cached in "
               f"{work_dir}; rerunning resumes from them. Please report this with the log above.")
     typer.echo(target)

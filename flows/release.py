@@ -233,9 +233,8 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     clusters_path = deduplicate(b, text_shards, signature_paths)
     final = assign_and_finalize(b, clusters_path, text_shards, signature_paths, previous)
 
-    remote = publish.is_remote(target)  # output.root is an fsspec URL: build locally, then upload
-    staging = b.base / f".publish-{recipe.version}.staging" if remote else publish.staging_path(target)
-    publish.discard(staging)  # leftovers of a killed run
+    # output.root an fsspec URL: build locally, then upload
+    staging = publish.new_staging(b.base if publish.is_remote(target) else target.parent, recipe.version)
     try:
         files, stats = write_release(recipe, final, staging, b.reports)
         summary = validate(recipe, staging, files, b.base / "validation-failed")

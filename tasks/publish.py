@@ -15,13 +15,17 @@ the same bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +88,44 @@ def check_absent(target: Path | str) -> None:
         )
 
 
-def staging_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.staging"
+OWNER = ".owner"  # inside a staging folder: "<host> <pid>" of the run writing it
+
+
+def new_staging(parent: Path, version: str) -> Path:
+    """A staging folder of this run's own, `<parent>/.<version>.staging-<random>`: two runs
+    publishing one version never write into the same folder. Leftovers of runs that died on
+    this host are removed first (and named in the log); those of live runs are left alone."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_staging(parent):
+        logging.getLogger(__name__).warning("removing %s, left by a run that is no longer running", stale)
+        discard(stale)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=parent))
+    (staging / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n", encoding="utf-8")
+    return staging
+
+
+def stale_staging(parent: Path) -> list[Path]:
+    """Staging folders under `parent` whose run, on this host, is no longer alive."""
+    stale = []
+    for folder in sorted(parent.glob(".*.staging-*")):
+        try:
+            host, pid = (folder / OWNER).read_text(encoding="utf-8").split()
+        except (OSError, ValueError):  # killed before it wrote its owner: nothing else can be inside yet
+            stale.append(folder)
+            continue
+        if host == socket.gethostname() and not _alive(int(pid)):
+            stale.append(folder)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def file_name(split: str, index: int, count: int) -> str:
@@ -219,9 +259,23 @@ def write_json(data: dict, path: Path) -> None:
 
 
 def commit(staging: Path, target: Path) -> Path:
-    """Rename the finished staging folder into place; never overwrite a release."""
+    """Rename the finished staging folder into place; never overwrite a release.
+
+    The rename is the atomic step: when another run published the version meanwhile, the
+    target is a non-empty folder and the rename fails, so exactly one run wins.
+    """
     check_absent(target)
-    os.rename(staging, target)
+    (staging / OWNER).unlink(missing_ok=True)
+    try:
+        os.rename(staging, target)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ReleaseExists(
+                f"release {target} was published by another run while this one was building it, and releases are "
+                f"immutable; this run's release was not published. Bump `version:` (or --set version=X.Y.Z) and rerun: "
+                f"finished shards come from cache."
+            ) from None
+        raise
     return target
 
 
@@ -234,6 +288,7 @@ def upload(staging: Path, target: str) -> str:
     import uuid
 
     check_absent(target)
+    (staging / OWNER).unlink(missing_ok=True)
     fs, path = _fs(target)
     parent, version = path.rstrip("/").rsplit("/", 1)
     tmp = f"{parent}/.{version}.staging-{uuid.uuid4().hex[:12]}"

@@ -67,9 +67,12 @@ def run(
 def verify(release_dir: Annotated[str, typer.Argument(help="a published release folder or URL (s3://...)")]) -> None:
     """Re-hash every data file of RELEASE_DIR against its manifest."""
     from corpusmill.tasks.publish import read_manifest
-    from corpusmill.tasks.publish import verify as verify_release
+    from corpusmill.tasks.verify import verify as verify_release
 
-    problems = verify_release(release_dir)
+    try:
+        problems = verify_release(release_dir)
+    except CorpusmillError as e:
+        _fail(str(e))
     if problems:
         _fail(f"{release_dir} does not match its manifest: " + "; ".join(problems) + ".")
     manifest = read_manifest(release_dir)

@@ -31,6 +31,7 @@ from corpusmill.tasks.recipe import Recipe, Runner, load_recipe, source_name
 from corpusmill.tasks.shards import StageReport
 from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.validate import format_failures, validate_release
+from corpusmill.tasks.verify import write_checksums
 
 DEFAULT_WORK_DIR = "work"
 # Errors a rerun of the same work can get past: the network or an object store failing for
@@ -304,6 +305,8 @@ def commit_release(manifest: dict, stats: dict, dedup_report: dict, staging: Pat
     card.write_plots(stats, staging / "plots")
     (staging / "README.md").write_text(card.dataset_card(manifest, stats, dedup_report), encoding="utf-8")
     publish.write_json(manifest, staging / publish.MANIFEST)
+    (staging / publish.OWNER).unlink(missing_ok=True)
+    write_checksums(staging)
     if publish.is_remote(target):
         publish.upload(staging, target)
     else:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpusmill.tasks import schema
+from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.publish import read_manifest
 
 KEY_COLUMNS = ("id", "split", "source", "n_tokens")
@@ -34,7 +35,11 @@ def release_rows(release: Path) -> pd.DataFrame:
     manifest = read_manifest(release)
     frames = []
     for f in sorted(manifest["files"], key=lambda f: f["path"]):
-        table = pq.read_table(Path(release) / f["path"])
+        path = Path(release) / f["path"]
+        if not path.is_file():
+            raise CorpusmillError(f"{release} lacks its data file {f['path']}, so it cannot be compared; check it with "
+                                  f"`corpusmill verify {release}` and restore or rebuild the release.")
+        table = pq.read_table(path)
         out = pd.DataFrame({"id": table.column("id").to_pandas(), "split": f["split"],
                             "source": table.column("source").to_pandas(),
                             "n_tokens": table.column("n_tokens").to_pandas().astype("int64")})

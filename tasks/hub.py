@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from corpusmill.tasks.errors import CorpusmillError
-from corpusmill.tasks.publish import read_manifest, verify
+from corpusmill.tasks.publish import read_manifest
+from corpusmill.tasks.verify import verify
 
 
 class HubError(CorpusmillError):

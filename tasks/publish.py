@@ -327,24 +327,40 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+class ManifestInvalid(CorpusmillError, ValueError):
+    pass
+
+
+# What every reader of a manifest relies on.
+REQUIRED_KEYS = ("name", "version", "fingerprint", "files")
+
+
 def read_manifest(release: str | Path) -> dict:
-    """The manifest of a published release (a folder or a URL), or a ReleaseNotFound naming it."""
-    if is_remote(release):
-        fs, path = _fs(str(release))
-        try:
-            return json.loads(fs.cat_file(f"{path.rstrip('/')}/{MANIFEST}").decode("utf-8"))
-        except FileNotFoundError:
-            raise ReleaseNotFound(
-                f"{release} has no {MANIFEST}, so it is not a published corpusmill release (or an unfinished upload, "
-                f"which readers treat as absent); pass the URL <root>/<name>/<version> printed by `corpusmill run`."
-            ) from None
-    path = Path(release) / MANIFEST
-    if not path.is_file():
+    """The manifest of a published release (a folder or a URL); a ReleaseNotFound naming it when
+    there is none, a ManifestInvalid when it is not a whole corpusmill manifest."""
+    remote = is_remote(release)
+    where = f"{str(release).rstrip('/')}/{MANIFEST}" if remote else Path(release) / MANIFEST
+    try:
+        if remote:
+            fs, path = _fs(str(where))
+            raw = fs.cat_file(path)
+        else:
+            raw = where.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         raise ReleaseNotFound(
             f"{release} has no {MANIFEST}, so it is not a published corpusmill release (or an unfinished one, "
-            f"which readers treat as absent); pass the folder <root>/<name>/<version> printed by `corpusmill run`."
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
+            f"which readers treat as absent); pass the folder or URL <root>/<name>/<version> printed by `corpusmill run`."
+        ) from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestInvalid(f"{where} is not valid JSON ({e}), so the release cannot be read or checked; restore "
+                              f"it from where the release was published, or rebuild the release.") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ManifestInvalid(f"{where} lacks {', '.join(missing)}, so it is not a whole corpusmill manifest; restore "
+                              f"it from where the release was published, or rebuild the release.")
+    return manifest
 
 
 def compare_files(expected: list[dict], actual: list[dict]) -> list[dict]:
@@ -358,56 +374,3 @@ def compare_files(expected: list[dict], actual: list[dict]) -> list[dict]:
                     "actual": got["sha256"] if got else None})
     out += [{"path": p, "status": "extra", "expected": None, "actual": f["sha256"]} for p, f in sorted(by_path.items())]
     return out
-
-
-def _verify_remote(release: str) -> list[str]:
-    fs, root = _fs(release)
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/{MANIFEST}"):
-        return [f"{release}/{MANIFEST} is missing: not a corpusmill release, or an unfinished upload"]
-    manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}").decode("utf-8"))
-    problems = []
-    for f in manifest["files"]:
-        path = f"{root}/{f['path']}"
-        if not fs.exists(path):
-            problems.append(f"{f['path']}: missing")
-            continue
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != f["sha256"]:
-            problems.append(f"{f['path']}: sha256 {digest.hexdigest()} does not match the manifest's {f['sha256']}")
-    listed = {f["path"] for f in manifest["files"]}
-    if fs.exists(f"{root}/data"):
-        for path in sorted(fs.ls(f"{root}/data", detail=False)):
-            if f"data/{path.rsplit('/', 1)[-1]}" not in listed:
-                problems.append(f"data/{path.rsplit('/', 1)[-1]}: not listed in the manifest")
-    if not problems and fingerprint(manifest["files"]) != manifest["fingerprint"]:
-        problems.append("the manifest's fingerprint does not match its file list")
-    return problems
-
-
-def verify(release: Path | str) -> list[str]:
-    """Problems found re-hashing the release (a folder or a URL) against its manifest; empty when it is intact."""
-    if is_remote(release):
-        return _verify_remote(str(release))
-    release = Path(release)
-    manifest_path = release / MANIFEST
-    if not manifest_path.is_file():
-        return [f"{manifest_path} is missing: not a corpusmill release, or an unfinished one"]
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    problems = []
-    listed = {f["path"] for f in manifest["files"]}
-    for f in manifest["files"]:
-        path = release / f["path"]
-        if not path.is_file():
-            problems.append(f"{f['path']}: missing")
-        elif (digest := file_sha256(path)) != f["sha256"]:
-            problems.append(f"{f['path']}: sha256 {digest} does not match the manifest's {f['sha256']}")
-    for path in sorted((release / "data").glob("*")):
-        if f"data/{path.name}" not in listed:
-            problems.append(f"data/{path.name}: not listed in the manifest")
-    if not problems and fingerprint(manifest["files"]) != manifest["fingerprint"]:
-        problems.append("the manifest's fingerprint does not match its file list")
-    return problems

@@ -66,6 +66,7 @@ def speed(n: int, pool: list[str]) -> dict:
     from datasketch import MinHash
 
     from corpusmill.tasks import dedup
+    from corpusmill.tasks.dedup.stage import READ_BATCH
 
     docs = documents(n, 1, pool)
     dedup.features(docs[:10], NGRAM)  # build the Unicode tables once, outside the timing
@@ -81,8 +82,8 @@ def speed(n: int, pool: list[str]) -> dict:
 
     def corpusmill(texts):
         array = pa.array(texts)
-        for lo in range(0, len(texts), dedup.READ_BATCH):
-            _, shingle, counts = dedup.features(array.slice(lo, dedup.READ_BATCH), NGRAM)
+        for lo in range(0, len(texts), READ_BATCH):
+            _, shingle, counts = dedup.features(array.slice(lo, READ_BATCH), NGRAM)
             dedup.minhash(shingle, counts, NUM_PERM, 1)
 
     out = {"documents": n, "mean_bytes": int(np.mean([len(d.encode()) for d in docs])),

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from corpusmill.tasks import schema
+from corpusmill.tasks import dedup, schema
+from corpusmill.tasks.dedup import StaleWorkFiles, UnionFind
 from corpusmill.tasks.recipe import Dedup, Splits
 from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
@@ -53,40 +54,22 @@ def split_of(root: str, fractions: dict[str, float]) -> str:
     return names[-1]  # u within rounding of 1.0
 
 
-class _UnionFind:
-    """Union-find over dense integers; the root of a set is its smallest member."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n, dtype=np.int64)
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return int(root)
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def lineage_roots(ids: pa.Array, cluster_ids: pa.Array, parent_ids: pa.Array) -> list[str]:
     """For each row, the lowest id among everything it is linked to by cluster or parentage."""
     order = pc.sort_indices(ids)  # dense index = rank of id, so "smallest member" = lowest id
     sorted_ids = ids.take(order)
     rank = np.empty(len(ids), dtype=np.int64)
     rank[order.to_numpy()] = np.arange(len(ids))
-    uf = _UnionFind(len(ids))
+    lineages = UnionFind(len(ids))
     for links in (cluster_ids, parent_ids):
         # -1 where the link is null (originals have no parent) or points outside the rows.
         target = pc.fill_null(pc.index_in(links, value_set=sorted_ids), -1).to_numpy()
         for row in np.flatnonzero(target >= 0):
-            uf.union(int(rank[row]), int(target[row]))
-    return [sorted_ids[uf.find(int(r))].as_py() for r in rank]
+            lineages.union(int(rank[row]), int(target[row]))
+    label = lineages.labels()
+    lowest = np.full(len(ids), len(ids), dtype=np.int64)
+    np.minimum.at(lowest, label, np.arange(len(ids)))
+    return sorted_ids.take(pa.array(lowest[label][rank])).to_pylist()
 
 
 def cap_synthetic(synthetic: np.ndarray, ids: list[str], max_share: float, seed: int) -> np.ndarray:
@@ -131,13 +114,12 @@ def prepare_previous(release_dir: str | Path, out_dir: Path, settings: Dedup) ->
     text_hash and MinHash signature under this recipe's settings; reused while it exists."""
     from fsspec.core import url_to_fs
 
-    from corpusmill.tasks import dedup
     from corpusmill.tasks.publish import is_remote, read_manifest
 
     manifest = read_manifest(release_dir)
     # named by what its content depends on: the previous data, the dedup settings and code version
     key = hashlib.sha256(json.dumps([manifest["fingerprint"], settings.model_dump(mode="json"),
-                                     str(getattr(dedup, "VERSION", ""))], sort_keys=True).encode()).hexdigest()[:20]
+                                     dedup.VERSION], sort_keys=True).encode()).hexdigest()[:20]
     out = Path(out_dir) / f"previous-{key}.parquet"
     if out.is_file():
         return out
@@ -173,8 +155,6 @@ def previous_links(ids: list[str], cluster_ids: list[str], parent_ids: list, pre
     """For each new row, the splits of the previous release it is linked to: by id (its id,
     cluster or parent is an id, cluster or parent of a previous row), by identical text, or as
     a near duplicate (MinHash-estimated Jaccard >= the dedup threshold) of a previous row."""
-    from corpusmill.tasks import dedup
-
     prev = read_table(previous.path)
     links: list[set] = [set() for _ in ids]
     stats = {"by_id": 0, "by_text": 0, "near_duplicate": 0}
@@ -245,7 +225,8 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
     clusters = read_table(clusters_path).sort_by("id")
     rows = pa.concat_tables(read_table(p, ["id", "synthetic", "parent_id"]) for p in shard_paths).sort_by("id")
     if not rows.column("id").equals(clusters.column("id")):
-        raise RuntimeError("dedup clusters and tokenized shards disagree on row ids; rerun the dedup stage")
+        raise StaleWorkFiles(f"{clusters_path} does not hold the row ids of the {len(shard_paths)} shards given with "
+                             "it (its clusters were made from other shards); rerun the dedup stage")
 
     ids = rows.column("id").combine_chunks()
     roots = lineage_roots(ids, clusters.column("cluster_id").combine_chunks(), rows.column("parent_id").combine_chunks())

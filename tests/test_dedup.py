@@ -14,7 +14,14 @@ import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from corpusmill.tasks import dedup
-from corpusmill.tasks.dedup import UnionFind, candidate_pairs, cluster, dedup_file, jaccard, shingles, signatures
+from corpusmill.tasks.dedup import (
+    InvalidIds, MissingColumn, StaleWorkFiles, UnionFind, candidate_pairs, cluster, dedup_file, jaccard, shingles,
+    signatures,
+)
+from corpusmill.tasks.dedup import lsh
+from corpusmill.tasks.dedup.clusters import join, keep_first_original
+from corpusmill.tasks.dedup.stage import band_column
+from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.recipe import Dedup
 from corpusmill.tasks.shards import read_table, write_table
 
@@ -81,24 +88,51 @@ def test_shingles_are_word_ngrams_of_the_casefolded_text():
     assert shingles("Straße eins zwei", 1) == shingles("STRASSE eins zwei", 1)  # casefold, as for text_hash
 
 
-def test_jaccard_on_sets_and_sorted_arrays():
-    a, b = {1, 2, 3, 4}, {3, 4, 5}
-    assert jaccard(a, b) == pytest.approx(2 / 5)
-    assert jaccard(a, a) == 1.0 and jaccard(a, {9}) == 0.0
+def test_jaccard_on_sets_and_sorted_arrays_equals_intersection_over_union():
+    assert jaccard({1, 2, 3, 4}, {3, 4, 5}) == pytest.approx(2 / 5)
     assert jaccard(set(), set()) == 0.0  # no words: never near duplicates
     as_array = lambda s: np.array(sorted(s), dtype=np.uint64)  # noqa: E731
-    assert jaccard(as_array(a), as_array(b)) == jaccard(a, b)
+    rng = random.Random(8)
+    for _ in range(300):  # sizes from empty to 60 drawn from a small range: overlaps of every degree
+        a = {rng.randrange(80) for _ in range(rng.randrange(60))}
+        b = {rng.randrange(80) for _ in range(rng.randrange(60))}
+        expected = len(a & b) / len(a | b) if a | b else 0.0
+        assert jaccard(a, b) == expected
+        assert jaccard(as_array(a), as_array(b)) == expected == jaccard(as_array(b), as_array(a))
     p, q = PARAGRAPH, PARAGRAPH.replace("timber", "stone")
     sets = lambda t: np.unique(dedup.features([t], 5)[1])  # noqa: E731  (64-bit shingle hashes, as verified)
     assert jaccard(sets(p), sets(q)) == jaccard(shingles(p, 5), shingles(q, 5))
 
 
-def test_union_find_joins_transitively():
-    uf = UnionFind(5)
-    uf.union(0, 1)
-    uf.union(3, 4)
-    uf.union(1, 4)
+def test_union_find_joins_transitively_and_refuses_past_the_limit():
+    uf = UnionFind(6)
+    assert uf.union(0, 1) and uf.union(3, 4) and uf.union(1, 4)
     assert len({uf.find(i) for i in (0, 1, 3, 4)}) == 1 and uf.find(2) == 2
+    assert not uf.union(5, 0, limit=4)  # would make a set of 5
+    assert uf.union(5, 2, limit=2) and uf.union(0, 4, limit=1)  # already joined: nothing grows
+    labels = uf.labels()
+    assert labels[0] == labels[1] == labels[3] == labels[4] != labels[5] == labels[2]
+
+
+def test_join_takes_the_most_similar_pairs_first_under_the_cap():
+    # texts 0-1-2 in a chain; 1~2 is the more similar, so with room for two texts it wins
+    pairs = np.array([[0, 1], [1, 2], [3, 4]])
+    similarity = np.array([0.85, 0.95, 0.5])
+    labels, refused = join(pairs, similarity, np.array([0, 1]), 5, max_cluster_size=2)
+    assert refused == 1 and labels[1] == labels[2] != labels[0]
+    assert len(set(labels[[0, 3, 4]].tolist())) == 3  # 3~4 was not verified: not joined
+    labels, refused = join(pairs, similarity, np.array([0, 1, 2]), 5, max_cluster_size=3)
+    assert refused == 0 and labels[0] == labels[1] == labels[2] and labels[3] == labels[4]
+
+
+def test_keep_rule_picks_the_first_original_else_the_first_row():
+    cluster_of_row = np.array([0, 0, 0, 1, 1, 2])
+    synthetic = np.array([True, False, False, True, True, False])
+    text_hash = np.array([7, 8, 7, 9, 9, 10], dtype=np.uint64)
+    kept = keep_first_original(cluster_of_row, synthetic, text_hash)
+    assert kept.row.tolist() == [1, 1, 1, 3, 3, 5]
+    assert kept.keep.tolist() == [False, True, False, True, False, True]
+    assert kept.reasons().tolist() == ["near_duplicate", None, "near_duplicate", None, "exact_duplicate", None]
 
 
 # --- signatures ---------------------------------------------------------------------------
@@ -111,42 +145,86 @@ def test_signature_side_file_is_compact_and_datasketch_compatible(tmp_path):
     side = read_table(tmp_path / "sig.parquet")
     bands, rows = dedup.lsh_params(SETTINGS)
     assert side.schema.names == ["row", "id", "synthetic", "text_hash", "shingles", "signature"] + [
-        dedup.band_column(k) for k in range(bands)]
+        band_column(k) for k in range(bands)]
     assert side.schema.field("signature").type == pa.list_(pa.uint32(), SETTINGS.num_perm)
     assert side.column("row").to_pylist() == [0, 1, 2, 3]
     assert side.column("synthetic").to_pylist() == [False] * 4  # no synthetic column in the shard
     assert side.column("text_hash")[1].as_py() == dedup.text_hash("The river RAN slowly")
 
     stored = np.array(side.column("signature").to_pylist(), dtype=np.uint32)
+    direct = []
     for text, values in zip(texts, stored):
         # datasketch 2.0's default scheme with corpusmill's shingle hash: bit-for-bit equal
-        direct = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed, hashfunc=dedup.shingle_hash32)
-        direct.update_batch(shingles(text, SETTINGS.ngram))
-        assert direct.scheme == "affine32" and np.array_equal(direct.hashvalues, values)
+        direct.append(MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed, hashfunc=dedup.shingle_hash32))
+        direct[-1].update_batch(shingles(text, SETTINGS.ngram))
+        assert direct[-1].scheme == "affine32" and np.array_equal(direct[-1].hashvalues, values)
     assert side.column("shingles").to_pylist() == [len(shingles(t, SETTINGS.ngram)) for t in texts]
-    keys = dedup.band_keys(stored, bands, rows)
-    assert side.column(dedup.band_column(3)).to_pylist() == keys[:, 3].tolist()
-    lean = LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")
-    assert lean.jaccard(LeanMinHash(seed=SETTINGS.seed, hashvalues=stored[0], scheme="affine32")) == 1.0
-    assert (stored[2] == dedup.EMPTY_SLOT).all()  # empty text: no shingles
+    keys = lsh.band_keys(stored, bands, rows)
+    assert side.column(band_column(3)).to_pylist() == keys[:, 3].tolist()
+    assert (stored[2] == lsh.EMPTY_SLOT).all()  # empty text: no shingles
+
+
+def test_stored_signatures_estimate_jaccard_as_datasketch_does(tmp_path):
+    """Stored signatures load as datasketch LeanMinHashes whose estimate is datasketch's own
+    for the same texts, and near the exact Jaccard of their shingle sets."""
+    words = random_words(random.Random(6), 400, "w")
+    texts = [" ".join(words)] + [" ".join(changed(words, list(range(7, 400, step)), "x")) for step in (40, 15, 6)]
+    shard = write_table(pa.table({"id": list("abcd"), "text": texts}), tmp_path / "part.parquet")
+    signatures(shard, tmp_path / "sig.parquet", SETTINGS)
+    stored = np.array(read_table(tmp_path / "sig.parquet").column("signature").to_pylist(), dtype=np.uint32)
+    lean = [LeanMinHash(seed=SETTINGS.seed, hashvalues=v, scheme="affine32") for v in stored]
+    direct = []
+    for text in texts:
+        direct.append(MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed, hashfunc=dedup.shingle_hash32))
+        direct[-1].update_batch(shingles(text, SETTINGS.ngram))
+    for other in (1, 2, 3):
+        exact = jaccard(shingles(texts[0], 5), shingles(texts[other], 5))
+        estimate = lean[0].jaccard(lean[other])
+        assert estimate == direct[0].jaccard(direct[other])
+        assert abs(estimate - exact) < 0.15  # 128 permutations: standard error about 0.04
+    assert lean[0].jaccard(lean[1]) > lean[0].jaccard(lean[2]) > lean[0].jaccard(lean[3])
 
 
 def test_signatures_name_the_missing_column(tmp_path):
     shard = write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "part.parquet")
-    with pytest.raises(ValueError, match=r"part\.parquet has no column 'text'"):
+    with pytest.raises(MissingColumn, match=r"part\.parquet has no column 'text' \(its columns: id, body\); name"):
+        signatures(shard, tmp_path / "sig.parquet", SETTINGS)
+    shard = write_table(pa.table({"text": ["x"]}), tmp_path / "part.parquet")
+    with pytest.raises(MissingColumn, match=r"part\.parquet has no column 'id'.*every row needs an id"):
+        signatures(shard, tmp_path / "sig.parquet", SETTINGS)
+
+
+def test_signatures_name_the_row_with_a_null_id(tmp_path):
+    shard = write_table(pa.table({"id": ["a", None], "text": ["x", "y"]}), tmp_path / "part.parquet")
+    with pytest.raises(InvalidIds, match=r"part\.parquet: column 'id' is null at row 1"):
         signatures(shard, tmp_path / "sig.parquet", SETTINGS)
 
 
 def test_cluster_refuses_signatures_made_with_other_settings(tmp_path):
     shard = write_table(pa.table({"id": ["a"], "text": [PARAGRAPH]}), tmp_path / "part.parquet")
     signatures(shard, tmp_path / "sig.parquet", Dedup(seed=7))
-    with pytest.raises(ValueError, match="recompute"):
+    with pytest.raises(StaleWorkFiles, match=r"sig\.parquet holds signatures made with .*'seed': 7.* recompute"):
         cluster([(tmp_path / "sig.parquet", shard)], tmp_path / "c.parquet", SETTINGS)
 
 
-def test_cluster_refuses_repeated_ids(tmp_path):
-    with pytest.raises(ValueError, match="'a' appears more than once"):
-        run(tmp_path, [{"id": "a", "text": PARAGRAPH}, {"id": "a", "text": UNRELATED}])
+def test_cluster_refuses_band_pairs_of_other_signature_files(tmp_path):
+    rows = corpus(6)
+    run(tmp_path / "all", rows)
+    run(tmp_path / "some", rows[:3])  # without the texts of the later groups
+    bands, _ = dedup.lsh_params(SETTINGS)
+    pair_paths = [tmp_path / f"band-{k}.parquet" for k in range(bands)]
+    found = [dedup.band_pairs([tmp_path / "all" / "sig-00000.parquet"], k, p, SETTINGS) for k, p in enumerate(pair_paths)]
+    assert sum(f["pairs"] for f in found) > 0
+    some = [(tmp_path / "some" / "sig-00000.parquet", tmp_path / "some" / "part-00000.parquet")]
+    with pytest.raises(StaleWorkFiles, match=r"band-\d+\.parquet names texts that the signature files do not hold"):
+        cluster(some, tmp_path / "c.parquet", SETTINGS, pair_paths=pair_paths)
+
+
+def test_cluster_refuses_repeated_ids_naming_both_rows(tmp_path):
+    rows = [{"id": "b", "text": UNRELATED}, {"id": "a", "text": PARAGRAPH}, {"id": "a", "text": UNRELATED}]
+    with pytest.raises(InvalidIds, match=r"'a' appears more than once \(.*part-00000\.parquet row 1 and "
+                                         r".*part-00001\.parquet row 0\); give every row its own id"):
+        run(tmp_path, rows, n_shards=2)
 
 
 # --- clusters -----------------------------------------------------------------------------
@@ -316,24 +394,51 @@ def test_alice_every_cluster_is_held_together_by_true_jaccard(alice):
         assert len({uf.find(x) for x in range(len(ids))}) == 1, ids
 
 
-def test_numpy_banding_finds_what_datasketch_lsh_finds(alice, tmp_path):
-    rows, _, _ = alice
-    shard = write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")
+def assert_banding_finds_what_datasketch_lsh_finds(texts: list[str], tmp_path: Path) -> int:
+    """`candidate_pairs` on the stored signatures of `texts` equals the pairs datasketch's
+    MinHashLSH returns with the same banding; returns how many there are."""
+    shard = write_table(pa.table({"id": [f"{i:05d}" for i in range(len(texts))], "text": texts}), tmp_path / "part.parquet")
     signatures(shard, tmp_path / "sig.parquet", SETTINGS)
     stored = np.array(read_table(tmp_path / "sig.parquet").column("signature").to_pylist(), dtype=np.uint32)
     bands, rows_per_band = dedup.lsh_params(SETTINGS)
-    lsh = MinHashLSH(num_perm=SETTINGS.num_perm, params=(bands, rows_per_band))
+    index = MinHashLSH(num_perm=SETTINGS.num_perm, params=(bands, rows_per_band))
     lean = [LeanMinHash(seed=SETTINGS.seed, hashvalues=v, scheme="affine32") for v in stored]
     for i, m in enumerate(lean):
-        lsh.insert(i, m)
-    expected = sorted({(min(i, j), max(i, j)) for i, m in enumerate(lean) for j in lsh.query(m) if i != j})
-    assert (lsh.b, lsh.r) == (bands, rows_per_band)
+        index.insert(i, m)
+    expected = sorted({(min(i, j), max(i, j)) for i, m in enumerate(lean) for j in index.query(m) if i != j})
+    assert (index.b, index.r) == (bands, rows_per_band)
     assert [tuple(p) for p in candidate_pairs(stored, bands, rows_per_band).tolist()] == expected
-    assert len(expected) > 100
     # with a subset, the pairs among those rows, numbered within the subset
     odd = np.arange(1, len(stored), 2)
     expected_odd = [(i // 2, j // 2) for i, j in expected if i % 2 and j % 2]
     assert [tuple(p) for p in candidate_pairs(stored, bands, rows_per_band, subset=odd).tolist()] == expected_odd
+    return len(expected)
+
+
+def test_numpy_banding_finds_what_datasketch_lsh_finds(alice, tmp_path):
+    rows, _, _ = alice
+    assert assert_banding_finds_what_datasketch_lsh_finds([r["text"] for r in rows], tmp_path) > 100
+
+
+def planted_documents(n: int = 600, seed: int = 12) -> list[str]:
+    """Random word documents; every third is a copy of an earlier one (itself perhaps a copy)
+    with 0.5% to 8% of its words replaced, so planted pairs span the S-curve around the threshold."""
+    rng = random.Random(seed)
+    vocabulary = [f"v{i}" for i in range(5000)]
+    docs: list[str] = []
+    for i in range(n):
+        if i % 3 == 2:
+            words = docs[rng.randrange(len(docs))].split()
+            for k in rng.sample(range(len(words)), max(1, int(len(words) * rng.uniform(0.005, 0.08)))):
+                words[k] = rng.choice(vocabulary)
+            docs.append(" ".join(words))
+        else:
+            docs.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(40, 300))))
+    return docs
+
+
+def test_numpy_banding_finds_what_datasketch_lsh_finds_on_planted_near_duplicates(tmp_path):
+    assert assert_banding_finds_what_datasketch_lsh_finds(planted_documents(), tmp_path) > 100
 
 
 # --- one file: `corpusmill dedup` ---------------------------------------------------------
@@ -369,7 +474,8 @@ def test_dedup_file_uses_id_and_synthetic_columns(tmp_path):
 
 def test_dedup_file_names_file_and_column_when_text_is_missing(tmp_path):
     pq.write_table(pa.table({"body": ["a"]}), tmp_path / "in.parquet")
-    with pytest.raises(ValueError, match=r"in\.parquet has no column 'text' \(its columns: body\)"):
+    # the CLI reports CorpusmillErrors as one paragraph
+    with pytest.raises(CorpusmillError, match=r"in\.parquet has no column 'text' \(its columns: body\); .*--text-column"):
         dedup_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
 
@@ -395,9 +501,9 @@ def test_banding_reaches_the_recall_target_with_fewest_false_candidates():
         settings = Dedup(threshold=threshold, recall_target=target)
         bands, rows = dedup.lsh_params(settings)
         assert bands * rows <= settings.num_perm
-        assert dedup.collision_probability(threshold, bands, rows) >= target
+        assert lsh.collision_probability(threshold, bands, rows) >= target
         # one more row per band (fewer false candidates) would miss the target
-        assert dedup.collision_probability(threshold, settings.num_perm // (rows + 1), rows + 1) < target
+        assert lsh.collision_probability(threshold, settings.num_perm // (rows + 1), rows + 1) < target
     curve = dedup.s_curve(SETTINGS)["curve"]
     assert [p["p_candidate"] for p in curve] == sorted(p["p_candidate"] for p in curve)
 

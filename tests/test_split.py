@@ -1,8 +1,12 @@
+import random
+from collections import defaultdict
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from corpusmill.tasks import schema
+from corpusmill.tasks.dedup import StaleWorkFiles
 from corpusmill.tasks.recipe import Splits
 from corpusmill.tasks.shards import read_table, write_table
 from corpusmill.tasks.split import assign, cap_synthetic, finalize, lineage_roots, split_of
@@ -13,6 +17,29 @@ def test_lineage_joins_clusters_and_parents():
     clusters = pa.array(["d", "a", "a", "b", "e", "f"])  # a and c are near duplicates
     parents = pa.array([None, None, None, "c", "a", "zz"])  # b from c, e from a; f's parent is gone
     assert lineage_roots(ids, clusters, parents) == ["d", "a", "a", "a", "a", "f"]
+
+
+def test_lineage_root_is_the_lowest_id_reachable_by_any_link():
+    """Against a breadth-first search over the links, on random forests of clusters and parents."""
+    rng = random.Random(4)
+    for _ in range(20):
+        ids = [f"{rng.randrange(10**6):06d}-{i}" for i in range(rng.randint(1, 80))]
+        clusters = [rng.choice(ids) if rng.random() < 0.4 else i for i in ids]
+        parents = [rng.choice(ids + ["gone"]) if rng.random() < 0.3 else None for _ in ids]
+        neighbours = defaultdict(set)
+        for row, *links in zip(ids, clusters, parents):
+            for link in links:
+                if link in ids:
+                    neighbours[row].add(link)
+                    neighbours[link].add(row)
+        expected = []
+        for row in ids:
+            seen, frontier = {row}, [row]
+            while frontier:
+                frontier = [n for f in frontier for n in neighbours[f] if n not in seen]
+                seen.update(frontier)
+            expected.append(min(seen))
+        assert lineage_roots(pa.array(ids), pa.array(clusters), pa.array(parents, pa.string())) == expected
 
 
 def test_split_of_is_deterministic_and_follows_fractions():
@@ -74,3 +101,11 @@ def test_assign_keeps_lineage_in_one_split_and_finalize_keeps_order(tmp_path):
     final = read_table(tmp_path / "final.parquet")
     assert final.column("id").to_pylist() == [r["id"] for r in originals if r["id"] != "o0001"]
     assert set(final.column("split").to_pylist()) <= {"train", "validation", "test"}
+
+
+def test_assign_refuses_clusters_of_other_shards(tmp_path):
+    write_table(_shard([{"id": "a", "synthetic": False, "parent_id": None}]), tmp_path / "a.parquet")
+    write_table(pa.table({"id": ["b"], "cluster_id": ["b"], "keep": [True], "reason": pa.array([None], pa.string())}),
+                tmp_path / "clusters.parquet")
+    with pytest.raises(StaleWorkFiles, match=r"clusters\.parquet does not hold the row ids of the 1 shards.*rerun the dedup"):
+        assign(tmp_path / "clusters.parquet", [tmp_path / "a.parquet"], tmp_path / "assign.parquet", Splits(), None, seed=1)

@@ -1,0 +1,127 @@
+"""The hashes dedup is built on: one definition, a Python reference and a vectorised form.
+
+A byte string (a word, or a whitespace-separated token) hashes to
+    fmix64(sum_i byte_i * P^i + len * L)            (mod 2^64)
+a sequence of such hashes (the words of a shingle, the tokens of a text) folds to
+    fmix64(((s * Q + h_1) * Q + h_2) ... )          (mod 2^64, s a fixed seed)
+and a shingle's 32-bit hash (datasketch's `hashfunc` input) is the high half of its
+64-bit hash. The exact Jaccard is computed on the 64-bit shingle hashes.
+
+The reference functions (`bytes_hash`, `fold`, `shingle_hash64`, `shingle_hash32`) work on
+one value at a time; `hash_strings` and `fold_segments` compute the same over whole arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pyarrow as pa
+
+M64 = (1 << 64) - 1
+P = 0x100000001B3  # FNV prime: odd, so its powers never vanish mod 2^64
+L = 0x9E3779B97F4A7C15
+Q = 0xD6E8FEB86659FD93
+SEED_SHINGLE = 0x2545F4914F6CDD1D
+SEED_TEXT = 0x61C8864680B583EB
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, elementwise (uint64 arithmetic wraps mod 2^64)."""
+    h = h ^ (h >> np.uint64(33))
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """datasketch's affine32 pre-mix (MurmurHash3's 32-bit finalizer)."""
+    h = h ^ (h >> np.uint32(16))
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _fmix64_int(h: int) -> int:
+    """`fmix64` of one Python int (the per-shingle reference path datasketch calls)."""
+    return int(fmix64(np.array([h], dtype=np.uint64))[0])
+
+
+def bytes_hash(data: bytes) -> int:
+    h, p = 0, 1
+    for byte in data:
+        h = (h + byte * p) & M64
+        p = (p * P) & M64
+    return _fmix64_int((h + len(data) * L) & M64)
+
+
+def fold(hashes, seed: int) -> int:
+    h = seed
+    for x in hashes:
+        h = (h * Q + x) & M64
+    return _fmix64_int(h)
+
+
+def shingle_hash64(shingle: bytes) -> int:
+    """64-bit hash of one shingle as `shingles` returns it (words joined by one space)."""
+    return fold((bytes_hash(w) for w in shingle.split(b" ")), SEED_SHINGLE)
+
+
+def shingle_hash32(shingle: bytes) -> int:
+    """The `hashfunc` that makes datasketch compute corpusmill's signatures:
+    `MinHash(num_perm, seed=seed, hashfunc=shingle_hash32)` updated with `shingles(text)`."""
+    return shingle_hash64(shingle) >> 32
+
+
+# --- the same, over arrays ---------------------------------------------------------------
+
+
+def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0, data bytes) of a string array without nulls."""
+    if texts.type not in (pa.large_string(), pa.large_binary()):
+        texts = texts.cast(pa.large_string())
+    _, off, data = texts.buffers()
+    offsets = np.frombuffer(off, dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
+
+
+@functools.cache
+def _p_powers(n: int) -> np.ndarray:
+    return np.cumprod(np.r_[np.uint64(1), np.full(max(n - 1, 0), P, dtype=np.uint64)], dtype=np.uint64)
+
+
+@functools.cache
+def q_powers(n: int) -> np.ndarray:
+    """Q^0 .. Q^n mod 2^64."""
+    return np.cumprod(np.r_[np.uint64(1), np.full(n, Q, dtype=np.uint64)], dtype=np.uint64)
+
+
+def hash_strings(values: pa.Array) -> np.ndarray:
+    """`bytes_hash` of every (non-null) string of a small array, vectorised over its bytes."""
+    offsets, data = string_buffers(values)
+    lengths = np.diff(offsets)
+    out = lengths.astype(np.uint64) * np.uint64(L)
+    live = np.flatnonzero(lengths)
+    if live.size:
+        local = np.arange(len(data)) - np.repeat(offsets[:-1], lengths)
+        terms = data.astype(np.uint64) * _p_powers(int(lengths.max()))[local]
+        out[live] += np.add.reduceat(terms, offsets[live])
+    return fmix64(out)
+
+
+def fold_segments(values: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
+    """`fold` of each consecutive segment of `values` (segment d has counts[d] items):
+    seed * Q^c + sum_k v_k * Q^(c-1-k), mod 2^64, then fmix64."""
+    counts = counts.astype(np.int64)
+    q = q_powers(int(counts.max(initial=0)) + 1)
+    out = np.uint64(seed) * q[counts]
+    live = np.flatnonzero(counts)
+    if live.size:
+        starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+        doc = np.repeat(np.arange(len(counts)), counts)
+        exponent = counts[doc] - 1 - (np.arange(len(values)) - starts[doc])
+        out[live] += np.add.reduceat(values * q[exponent], starts[live])
+    return fmix64(out)

@@ -51,8 +51,12 @@ def run(
     except CorpusmillError as e:
         _fail(str(e))
     except Exception as e:
-        from corpusmill.flows.release import RETRIES, is_transient
+        from corpusmill.flows.release import FULL_OR_READ_ONLY, RETRIES, is_transient
 
+        if isinstance(e, OSError) and (e.errno in FULL_OR_READ_ONLY or isinstance(e, PermissionError)):
+            _fail(f"the run stopped: {e.strerror or e} at {e.filename or 'a file it was writing'}. Free space there or "
+                  f"fix its permissions, then rerun the same command: finished shards are cached in {work_dir} "
+                  f"and are not recomputed.")
         if is_transient(e):  # the storage or network failed and kept failing: not a bug, not bad input
             _fail(f"the run stopped on an I/O error that persisted after {RETRIES} retries: {type(e).__name__}: {e}. "
                   f"Check the storage or network it names, then rerun the same command: finished shards are "

@@ -10,6 +10,7 @@ changed setting recomputes only what depends on it. This module only wires the s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ DEFAULT_WORK_DIR = "work"
 # Errors a rerun of the same work can get past: the network or an object store failing for
 # a moment. A missing or forbidden file is not among them; nor is bad input or a bug.
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class ValidationFailed(CorpusmillError):
@@ -44,7 +46,7 @@ class ValidationFailed(CorpusmillError):
 
 
 def is_transient(error: BaseException) -> bool:
-    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)):
+    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)) or getattr(error, "errno", None) in FULL_OR_READ_ONLY:
         return False
     if isinstance(error, (OSError, TimeoutError)):  # ConnectionError, requests' errors, fsspec/s3fs I/O errors
         return True
@@ -227,6 +229,8 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     """Run every stage of `recipe` and publish the release; returns its folder."""
     target = publish.release_path(recipe.output.root, recipe.name, recipe.version)
     publish.check_absent(target)  # before hours of work, not after
+    publish.check_writable(publish.release_path(recipe.output.root, recipe.name, ""), "output.root")
+    publish.check_writable(work_dir, "--work-dir")
     b = Build(recipe, work_dir / recipe.name)
     previous = previous_release(b)
     shards, fingerprints = ingest_sources(b)

@@ -88,6 +88,25 @@ def check_absent(target: Path | str) -> None:
         )
 
 
+class NotWritable(CorpusmillError, PermissionError):
+    pass
+
+
+def check_writable(folder: Path | str, role: str) -> None:
+    """Fail before any work when `folder` (created if missing) cannot take files: read-only,
+    a file, or not creatable. `role` names it for the message (output.root, --work-dir)."""
+    if is_remote(folder):
+        return  # object stores are checked by the upload itself; creating a probe there costs a request
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".corpusmill-probe-"):
+            pass
+    except OSError as e:
+        raise NotWritable(f"{role} {folder} cannot be written ({e.strerror or e}); point {role} at a writable "
+                          f"folder, or fix its permissions, before the run starts any work.") from None
+
+
 OWNER = ".owner"  # inside a staging folder: "<host> <pid>" of the run writing it
 
 

@@ -258,26 +258,50 @@ class Recipe(Strict):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides; values are parsed as YAML (so `0.5`, `true`, `[a]`)."""
+    """Apply `key.sub=value` overrides; values are parsed as YAML (so `0.5`, `true`, `[a]`).
+    List items are addressed by index (`sources.0.limit=100`)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected key.sub=value, for example --set dedup.threshold=0.7")
-        node = data
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              f"quote it if it is a string, for example --set 'key=\"[x\"'") from None
         parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
-                continue
-            node = node.setdefault(part, {})
-            if not isinstance(node, (dict, list)):
-                raise RecipeError(f"--set {item!r}: {part!r} is not a mapping")
-        value = yaml.safe_load(raw) if raw else None
-        if isinstance(node, list):
-            node[int(parts[-1])] = value
-        else:
-            node[parts[-1]] = value
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, item, ".".join(parts[:depth]))
+        _assign(node, parts[-1], value, item, ".".join(parts[:-1]))
     return data
+
+
+def _index(node: list, part: str, item: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"--set {item!r}: {where or 'the recipe'} is a list of {len(node)} item(s), so {part!r} is "
+                          f"not one of its indexes; use 0 to {len(node) - 1}" + (" (add items in the recipe file)."
+                                                                                 if node else "."))
+    return int(part)
+
+
+def _child(node, part: str, item: str, where: str):
+    if isinstance(node, list):
+        return node[_index(node, part, item, where)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {item!r}: {where} is a single value, not a mapping with keys.")
+    child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise RecipeError(f"--set {item!r}: {'.'.join(filter(None, [where, part]))} is a single value "
+                          f"({child!r}), not a mapping with keys.")
+    return child
+
+
+def _assign(node, part: str, value, item: str, where: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, item, where)] = value
+    else:
+        node[part] = value
 
 
 def _explain(error: ValidationError, origin: str) -> str:
@@ -311,6 +335,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"recipe {path} does not exist; pass the path of a YAML recipe such as recipes/demo.yaml.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                          f"save it as UTF-8.") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

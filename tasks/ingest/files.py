@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import itertools
+import json
 import os
 import re
 from typing import Iterable, Iterator, NamedTuple
@@ -92,13 +93,26 @@ def _fixed_parts(path: str) -> list[str]:
     return list(itertools.takewhile(lambda part: not _GLOB_MAGIC.search(part), path.split("/")[:-1]))
 
 
+_hashes: dict[tuple[str, str], str] = {}
+
+
 def url_sha256(url: str) -> str:
-    """sha256 of the file's bytes as stored (compressed files are not decompressed)."""
-    digest = hashlib.sha256()
-    with fsspec.open(url, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of the file's bytes as stored (compressed files are not decompressed).
+
+    Remembered per process while the store describes the file the same way (size,
+    modification time, inode or ETag): the flow asks once for a task's cache key and once
+    for the manifest, and hashing large inputs twice doubles the cost; a changed file
+    must never keep its old hash in a long-lived process (`corpusmill serve`).
+    """
+    fs, path = url_to_fs(url)
+    key = (url, json.dumps(fs.info(path), sort_keys=True, default=str))
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
 
 
 def open_file(url: str):

@@ -66,36 +66,26 @@ def plan(sources: list[AnySource]) -> list[IngestUnit]:
     return units
 
 
-_fingerprints: dict[tuple[str, IngestUnit], str] = {}
-
-
 def unit_fingerprint(source: AnySource, unit: IngestUnit) -> str:
-    """sha256 over the unit's input content: the cache key of its task and the manifest's record.
-
-    Remembered per process: the flow asks for it for the manifest after the task's cache
-    key did, and hashing every input file twice would double the cost on large inputs.
-    """
-    key = (source.model_dump_json(), unit)
-    if key not in _fingerprints:
-        _fingerprints[key] = _content_fingerprint(source, unit)
-    return _fingerprints[key]
-
-
-def _content_fingerprint(source: AnySource, unit: IngestUnit) -> str:
+    """sha256 over the unit's input content: the cache key of its task and the manifest's record."""
     if isinstance(source, FilesSource):
         if unit.location is not None:
             return url_sha256(unit.location)
         return _sha256_json([[f.label, url_sha256(f.url)] for f in expand(source)])
     if isinstance(source, HubSource):
-        settings = [source.dataset, source.config, source.split, source.revision, source.data_files]
-        patterns = [source.data_files] if isinstance(source.data_files, str) else list(source.data_files or [])
-        if os.path.isdir(source.dataset):  # a local dataset folder: its files are the content
-            patterns.append(os.path.join(source.dataset, "**"))
-        # local files are hashed; remote ones are named by the settings (and revision) only
-        local = [p for p in patterns if isinstance(url_to_fs(p)[0], LocalFileSystem)]
-        files = match(local, source_name(source)) if local else []
-        return _sha256_json([settings, [[f.label, url_sha256(f.url)] for f in files]])
+        return _hub_fingerprint(source)
     return _sha256_json([sys.version, python_docs.topics_and_modules()])
+
+
+def _hub_fingerprint(source: HubSource) -> str:
+    settings = [source.dataset, source.config, source.split, source.revision, source.data_files]
+    patterns = [source.data_files] if isinstance(source.data_files, str) else list(source.data_files or [])
+    if os.path.isdir(source.dataset):  # a local dataset folder: its files are the content
+        patterns.append(os.path.join(source.dataset, "**"))
+    # local files are hashed; remote ones are named by the settings (and revision) only
+    local = [p for p in patterns if isinstance(url_to_fs(p)[0], LocalFileSystem)]
+    files = match(local, source_name(source)) if local else []
+    return _sha256_json([settings, [[f.label, url_sha256(f.url)] for f in files]])
 
 
 def _sha256_json(value) -> str:

@@ -180,6 +180,64 @@ class Batch:
         self.rows = self.rows + other.rows
 
 
+class Decoding:
+    """The rows of one stream as they are decoded: the queue of rows waiting (longest prompt
+    first), each row's sampler and tokens so far, and the rules that end a row."""
+
+    def __init__(self, rows: Sequence[Prepared], seeds: Sequence[int], settings, tokenizer, stop_ids: set[int],
+                 device: str):
+        import torch
+
+        self.rows, self.seeds, self.settings, self.tokenizer = rows, seeds, settings, tokenizer
+        self.waiting = deque(sorted(range(len(rows)), key=lambda i: (-rows[i].length, i)))
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
+        self.longest_stop = max((len(x) for x in settings.stop), default=0)
+        self.produced: dict[int, list[int]] = {}
+
+    def admit(self, in_flight: list[int]) -> list[int]:
+        """Take the next waiting rows that fit the budget beside `in_flight` (the first one
+        always, when none is in flight)."""
+        widest = max((self.rows[r].length for r in in_flight), default=0)
+        admitted: list[int] = []
+        while self.waiting and (not in_flight and not admitted or fits_budget(
+                len(in_flight) + len(admitted) + 1, max(widest, self.rows[self.waiting[0]].length), self.settings)):
+            admitted.append(self.waiting.popleft())
+            widest = max(widest, self.rows[admitted[-1]].length)
+        return admitted
+
+    def choose(self, logits, batch_rows: list[int]):
+        """Record each row's next token: (places of the rows going on, rows that ended, the tokens)."""
+        import torch
+
+        s = self.settings
+        chosen = next_tokens(logits, s.temperature, s.top_p, [self.generators[r] for r in batch_rows]).cpu()
+        ended = torch.isin(chosen, self.stop_ids).tolist()
+        going, done = [], []
+        for k, (row, token) in enumerate(zip(batch_rows, chosen.tolist())):
+            tokens = self.produced.setdefault(row, [])
+            tokens.append(token)
+            if ended[k] or self.ends_with_stop_sequence(tokens):
+                done.append(self.finished(row, "stop"))
+            elif len(tokens) >= s.max_new_tokens:
+                done.append(self.finished(row, "length"))
+            else:
+                going.append(k)
+        return going, done, chosen
+
+    def ends_with_stop_sequence(self, tokens: list[int]) -> bool:
+        if not self.longest_stop:
+            return False
+        # A stop sequence can only end in the newest text: look at the tail.
+        tail = self.tokenizer.decode(tokens[-2 * self.longest_stop - 4 :], skip_special_tokens=True)
+        return any(x and x in tail for x in self.settings.stop)
+
+    def finished(self, row: int, reason: str) -> tuple[int, Generation]:
+        tokens = self.produced.pop(row)
+        text, _ = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), self.settings.stop)
+        return row, Generation(text.strip(), reason, len(tokens), self.seeds[row])
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -262,85 +320,60 @@ class TransformersBackend:
     def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
         """Generate every row of `rows`; yield the rows that ended at each step, as (index, generation).
 
+        Each turn either admits the next waiting rows (while the budget allows, and rows may
+        join) or decodes one token for every row in flight.
+
         The stream holds `generate_lock` (and torch's inference mode) from its first row to
         its last, also while the caller handles a yielded group: the caller must not start
         another generation from there, and must close the stream if it stops early.
         """
         import torch
 
-        s = self.settings
-        encoded = [p.payload for p in rows]
-        prefixes = shared_prefixes(encoded) if self.joinable else [0] * len(rows)
-        waiting = deque(sorted(range(len(rows)), key=lambda i: (-rows[i].length, i)))
-        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-        stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long)
-        longest_stop = max((len(x) for x in s.stop), default=0)
-        produced: dict[int, list[int]] = {}
+        decoding = Decoding(rows, seeds, self.settings, self.tokenizer, self.stop_ids, self.device)
+        prefixes = shared_prefixes([p.payload for p in rows]) if self.joinable else [0] * len(rows)
         batch: Batch | None = None
-
-        def finished(row: int, reason: str) -> tuple[int, Generation]:
-            tokens = produced.pop(row)
-            text, _ = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), s.stop)
-            return row, Generation(text.strip(), reason, len(tokens), seeds[row])
-
-        def choose(logits, batch_rows: list[int]):
-            """Record each row's next token: (places of the rows going on, rows that ended, the tokens)."""
-            chosen = next_tokens(logits, s.temperature, s.top_p, [generators[r] for r in batch_rows]).cpu()
-            ended = torch.isin(chosen, stop_ids).tolist()
-            going, done = [], []
-            for k, (row, token) in enumerate(zip(batch_rows, chosen.tolist())):
-                produced.setdefault(row, []).append(token)
-                if not ended[k] and longest_stop:
-                    # A stop sequence can only end in the newest text: look at the tail.
-                    tail = self.tokenizer.decode(produced[row][-2 * longest_stop - 4 :], skip_special_tokens=True)
-                    ended[k] = any(x and x in tail for x in s.stop)
-                if ended[k]:
-                    done.append(finished(row, "stop"))
-                elif len(produced[row]) >= s.max_new_tokens:
-                    done.append(finished(row, "length"))
-                else:
-                    going.append(k)
-            return going, done, chosen
-
         with generate_lock, torch.inference_mode():
-            while waiting or batch is not None:
-                # Admit the next rows while the budget allows (the first one always).
+            while decoding.waiting or batch is not None:
                 in_flight = batch.rows if batch is not None else []
-                if waiting and (self.joinable or not in_flight):
-                    widest = max((rows[r].length for r in in_flight), default=0)
-                    admitted = []
-                    while waiting and (not in_flight and not admitted or fits_budget(
-                            len(in_flight) + len(admitted) + 1, max(widest, rows[waiting[0]].length), s)):
-                        admitted.append(waiting.popleft())
-                        widest = max(widest, rows[admitted[-1]].length)
-                    if admitted:
-                        new, logits = self.prefill([encoded[r] for r in admitted], [prefixes[r] for r in admitted])
-                        going, done, chosen = choose(logits, admitted)
-                        if done:
-                            yield done
-                        if going:
-                            new.pending, new.rows = chosen.to(self.device), admitted
-                            new.keep(going)
-                            if batch is None:
-                                batch = new
-                            else:
-                                batch.join(new)
-                        continue  # admit again: rows that ended at once freed their places
-                if batch is None:
-                    continue
-                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
-                batch.positions = batch.positions + 1
-                logits = self.model(
-                    input_ids=batch.pending.unsqueeze(-1), attention_mask=batch.mask, position_ids=batch.positions,
-                    past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
-                ).logits[:, -1, :]
-                going, done, chosen = choose(logits, batch.rows)
-                batch.pending = chosen.to(self.device)
+                admitted = decoding.admit(in_flight) if self.joinable or not in_flight else []
+                if admitted:
+                    batch, done = self.start_rows(decoding, admitted, prefixes, batch)
+                else:
+                    batch, done = self.decode_step(decoding, batch)
                 if done:
                     yield done
-                    if not going:
-                        batch = None
-                        continue
-                    batch.keep(going)
-                    if self.joinable:
-                        batch.trim()
+
+    def start_rows(self, decoding: Decoding, admitted: list[int], prefixes: list[int], batch: Batch | None):
+        """Read the prompts of `admitted` and choose their first tokens; (the batch in flight
+        with those that go on, the rows that ended at once)."""
+        new, logits = self.prefill([decoding.rows[r].payload for r in admitted], [prefixes[r] for r in admitted])
+        going, done, chosen = decoding.choose(logits, admitted)
+        if going:
+            new.pending, new.rows = chosen.to(self.device), admitted
+            new.keep(going)
+            if batch is None:
+                batch = new
+            else:
+                batch.join(new)
+        return batch, done
+
+    def decode_step(self, decoding: Decoding, batch: Batch):
+        """One token for every row in flight; (the batch of the rows that go on, or None when
+        none does, the rows that ended)."""
+        import torch
+
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
+        batch.positions = batch.positions + 1
+        logits = self.model(
+            input_ids=batch.pending.unsqueeze(-1), attention_mask=batch.mask, position_ids=batch.positions,
+            past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :]
+        going, done, chosen = decoding.choose(logits, batch.rows)
+        batch.pending = chosen.to(self.device)
+        if not going:
+            return None, done
+        if done:
+            batch.keep(going)
+            if self.joinable:
+                batch.trim()
+        return batch, done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,15 +39,13 @@ def run(
     """Build a release from RECIPE and print the release folder."""
     from corpusmill.flows import progress
     from corpusmill.flows.release import release, task_runner_for
+    from corpusmill.flows.server import tied_server
     from corpusmill.tasks.recipe import load_recipe
 
     try:
         parsed = load_recipe(recipe, set_ or [])
         flow = release.with_options(task_runner=task_runner_for(parsed.runner))
-        if progress_bars and sys.stderr.isatty():
-            with progress.shown():
-                target = flow(str(recipe), set_ or [], str(work_dir))
-        else:
+        with tied_server(), (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):
             target = flow(str(recipe), set_ or [], str(work_dir))
     except CorpusmillError as e:
         _fail(str(e))
@@ -119,12 +118,14 @@ def rebuild(
     from corpusmill.flows.rebuild import rebuild as run_rebuild
     from corpusmill.flows.rebuild import rebuild_recipe
     from corpusmill.flows.release import task_runner_for
+    from corpusmill.flows.server import tied_server
     from corpusmill.tasks.publish import read_manifest
     from corpusmill.tasks.rebuild import summary_line
 
     try:
         runner = task_runner_for(rebuild_recipe(read_manifest(release_dir), out).runner)
-        report = run_rebuild(release_dir, out, work_dir, task_runner=runner)
+        with tied_server():
+            report = run_rebuild(release_dir, out, work_dir, task_runner=runner)
     except CorpusmillError as e:
         _fail(str(e))
     if as_json:
@@ -182,7 +183,7 @@ def dedup(
         _fail(f"{input_path} does not exist; pass a Parquet file.")
     try:
         report = dedup_file(input_path, out, text_column=text_column, threshold=threshold, num_perm=num_perm, ngram=ngram)
-    except (CorpusmillError, ValueError) as e:
+    except CorpusmillError as e:
         _fail(str(e))
     dropped = report["dropped"]
     typer.echo(f"{out}: {report['rows_in']} rows, {report['rows_out']} kept, "

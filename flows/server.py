@@ -4,7 +4,7 @@ Without `PREFECT_API_URL`, Prefect starts a temporary server per process, and a 
 with `kill -9` leaves it running (a uvicorn process under PID 1, one more per kill). The
 CLI starts its own instead, `prefect server start` as a child that the kernel stops when
 the CLI dies (Linux's parent-death signal), and stops it itself on every normal exit.
-With `PREFECT_API_URL` set, that server is used and nothing is started.
+With `PREFECT_API_URL` set (or a profile's API URL), that server is used and nothing is started.
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def tied_server() -> Iterator[str]:
-    """Yield the API URL of a Prefect server for this process: `PREFECT_API_URL` when set,
-    else a local server started here and stopped when the block (or the process) ends."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
-        return
+    """Yield the API URL of a Prefect server for this process: `PREFECT_API_URL` when set (in the
+    environment or Prefect's profile), else a local server started here and stopped when the
+    block (or the process) ends."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
 
     url = f"http://127.0.0.1:{_free_port()}/api"
     log = Path(tempfile.mkstemp(prefix="corpusmill-prefect-server-", suffix=".log")[1])

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from corpusmill.tasks import schema
 from corpusmill.tasks.dedup import jaccard, shingles
+from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.generation import Generation, generate_all, generator_identity
 from corpusmill.tasks.models import load_tokenizer, resolve
 from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
@@ -46,6 +47,10 @@ CANDIDATE = pa.schema(list(schema.INGEST) + schema.PROVENANCE)
 
 
 # --- prompt templates ------------------------------------------------------------------
+
+
+class TemplateError(CorpusmillError):
+    """`augment.templates` names a template that is missing, listed twice or invalid."""
 
 
 class _TemplateFile(BaseModel):
@@ -85,18 +90,23 @@ def load_templates(names: Sequence[str], directory: Path | None = None) -> list[
     directory = Path(directory) if directory is not None else PROMPTS_DIR
     available = sorted(p.stem for p in directory.glob("*.yaml"))
     if len(set(names)) != len(names):
-        raise ValueError(f"prompt templates {list(names)} name one template twice; list each once")
+        raise TemplateError(f"augment.templates {list(names)} names one template twice; list each once")
     templates = []
     for name in names:
         if name not in available:
-            raise ValueError(f"unknown prompt template {name!r}; available templates: {', '.join(available)}")
+            raise TemplateError(f"augment.templates: unknown prompt template {name!r}; "
+                                f"use one of the available templates: {', '.join(available)}")
         path = directory / f"{name}.yaml"
         try:
             content = _TemplateFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, ValidationError) as e:
-            raise ValueError(f"prompt template {path} is invalid: {e}") from None
+        except yaml.YAMLError as e:
+            raise TemplateError(f"prompt template {path} is not valid YAML; fix the file: {e}") from None
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'the file'}: {err['msg']}" for err in e.errors())
+            raise TemplateError(f"prompt template {path} is invalid; fix the file: {problems}") from None
         if content.id != name:
-            raise ValueError(f"prompt template {path} has id {content.id!r}; the id must equal the file name {name!r}")
+            raise TemplateError(f"prompt template {path} has id {content.id!r}; "
+                                f"set its id to the file name, {name!r}")
         # Canonical JSON of the parsed content: comments and YAML layout do not change the id,
         # any change to the text does.
         canonical = json.dumps(content.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -166,7 +176,8 @@ def generate_detailed(
     if len(templates) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(templates)} templates; give one template or one per text")
     messages = [t.messages(x) for x, t in zip(texts, templates)]
-    return generate_all(messages, settings, seed, on_progress, usage, checkpoint_path, on_generated=on_generated)
+    return generate_all(messages, settings, seed, stage_version=STAGE.version, on_progress=on_progress, usage=usage,
+                        checkpoint_path=checkpoint_path, on_generated=on_generated)
 
 
 # --- quality gates ---------------------------------------------------------------------
@@ -306,13 +317,7 @@ def run(
     `on_generated(rows, new_tokens)` after each group of rows generated.
     The report counts generated candidates as `rows_in`, so rows_in == rows_out + sum(dropped).
     """
-    table = read_table(in_path)
-    picked = select_rows(
-        table.column("id").to_pylist(), settings.fraction, seed, table.column("n_tokens").to_pylist(), settings.max_source_tokens
-    )
-    parents = table.take(pa.array(picked, pa.int64())).select(["id", "text", "source", "license"]).to_pylist()
-    templates = assign_templates([p["id"] for p in parents], load_templates(settings.templates), seed)
-
+    parents, templates = _parents(read_table(in_path), settings, seed)
     if checkpoint_path is None:
         checkpoint_path = Path(out_path).parent / "checkpoints" / f"{Path(out_path).stem}.jsonl"
     if on_start is not None:
@@ -324,40 +329,8 @@ def run(
     )
     seconds = time.perf_counter() - started
 
-    generator = generator_identity(settings)
-    sampling = settings.model_dump(include={"backend", "temperature", "top_p", "max_new_tokens", "stop"})
     report = StageReport(NAME, rows_in=len(parents))
-    candidates, dropped = [], []
-    for parent, template, generation in zip(parents, templates, outputs):
-        text = generation.text
-        row = {
-            "id": synthetic_id(parent["id"], template.prompt_id, generator),
-            "text": text,
-            "source": parent["source"],
-            "license": parent["license"],  # a generated text is derived from its parent: same terms
-            "synthetic": True,
-            "parent_id": parent["id"],
-            "generator": generator,
-            "prompt_id": template.prompt_id,
-            "sampling": {**sampling, "seed": generation.seed},
-        }
-        failed = check_quality(parent["text"], text, settings.gates, generation.finish_reason)
-        if failed:
-            reason, detail = failed
-            dropped.append(
-                {
-                    "id": row["id"],
-                    "source": row["source"],
-                    "stage": NAME,
-                    "reason": reason,
-                    "detail": f"{detail}; parent_id={parent['id']}; prompt_id={template.prompt_id}",
-                    "text": text,
-                }
-            )
-            report.drop(reason)
-        else:
-            candidates.append(row)
-
+    candidates, dropped = _gate(parents, templates, outputs, settings, report)
     # The same PII rule and token bounds as the originals, and the recipe tokenizer's counts.
     kept, filtered, filter_report = filter_rows(
         pa.Table.from_pylist(candidates, schema=CANDIDATE), load_tokenizer(tokenizer_ref), filters, stage=NAME
@@ -365,16 +338,11 @@ def run(
     report.dropped.update(filter_report.dropped)
     dropped.extend(filtered)
     report.rows_out = kept.num_rows
-
-    write_table(kept, out_path)
-    if dropped:
-        write_table(dropped_table(dropped), quarantine_path)
-    else:  # a quarantine left by an earlier run with other settings would be counted as this run's
-        Path(quarantine_path).unlink(missing_ok=True)
+    _write(kept, dropped, out_path, quarantine_path)
 
     kept_by_prompt = Counter(kept.column("prompt_id").to_pylist())
     report.extra.update(
-        selected=len(picked),
+        selected=len(parents),
         new_tokens=usage["new_tokens"],
         reused=usage["reused"],
         finish_reasons=dict(sorted(Counter(g.finish_reason for g in outputs).items())),
@@ -387,6 +355,58 @@ def run(
         **filter_report.extra,
     )
     return report.to_dict()
+
+
+def _parents(table: pa.Table, settings: Augment, seed: int) -> tuple[list[dict], list[PromptTemplate]]:
+    """The rows of `table` to augment (id, text, source, license) and each one's template."""
+    picked = select_rows(
+        table.column("id").to_pylist(), settings.fraction, seed, table.column("n_tokens").to_pylist(), settings.max_source_tokens
+    )
+    parents = table.take(pa.array(picked, pa.int64())).select(["id", "text", "source", "license"]).to_pylist()
+    return parents, assign_templates([p["id"] for p in parents], load_templates(settings.templates), seed)
+
+
+def _gate(
+    parents: list[dict], templates: list[PromptTemplate], outputs: list[Generation], settings: Augment,
+    report: StageReport,
+) -> tuple[list[dict], list[dict]]:
+    """(candidate rows with their provenance, rejected rows for the quarantine): each
+    generation through the quality gates; rejections are counted in `report`."""
+    generator = generator_identity(settings)
+    sampling = settings.model_dump(include={"backend", "temperature", "top_p", "max_new_tokens", "stop"})
+    candidates, dropped = [], []
+    for parent, template, generation in zip(parents, templates, outputs):
+        row = {
+            "id": synthetic_id(parent["id"], template.prompt_id, generator),
+            "text": generation.text,
+            "source": parent["source"],
+            "license": parent["license"],  # a generated text is derived from its parent: same terms
+            "synthetic": True,
+            "parent_id": parent["id"],
+            "generator": generator,
+            "prompt_id": template.prompt_id,
+            "sampling": {**sampling, "seed": generation.seed},
+        }
+        failed = check_quality(parent["text"], generation.text, settings.gates, generation.finish_reason)
+        if failed:
+            reason, detail = failed
+            dropped.append({
+                "id": row["id"], "source": row["source"], "stage": NAME, "reason": reason,
+                "detail": f"{detail}; parent_id={parent['id']}; prompt_id={template.prompt_id}", "text": row["text"],
+            })
+            report.drop(reason)
+        else:
+            candidates.append(row)
+    return candidates, dropped
+
+
+def _write(kept: pa.Table, dropped: list[dict], out_path: Path, quarantine_path: Path) -> None:
+    """The shard's synthetic rows, always (even none), and its quarantine when anything was dropped."""
+    write_table(kept, out_path)
+    if dropped:
+        write_table(dropped_table(dropped), quarantine_path)
+    else:  # a quarantine left by an earlier run with other settings would be counted as this run's
+        Path(quarantine_path).unlink(missing_ok=True)
 
 
 def _identity(settings: Augment, tokenizer_ref: ModelRef, **_) -> dict:

@@ -17,12 +17,15 @@ from samples import ALICE
 from corpusmill.tasks import augment, schema
 from corpusmill.tasks.augment import (
     PromptTemplate,
+    TemplateError,
     assign_templates,
     generate_detailed,
     load_templates,
     quality_gate,
     select_rows,
 )
+from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.generation import chat_prompts, row_seed
 from corpusmill.tasks.models import load_causal_lm, load_tokenizer, resolve
 from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
@@ -78,14 +81,19 @@ def test_template_messages_insert_text_verbatim():
     assert text in messages[1]["content"]
 
 
-def test_unknown_or_invalid_template_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown prompt template 'poem'.*paraphrase, qa, style, summary"):
+def test_unknown_or_invalid_template_is_a_users_error(tmp_path):
+    # A CorpusmillError: the CLI prints it as the reason and the flow does not retry it.
+    assert issubclass(TemplateError, CorpusmillError)
+    with pytest.raises(TemplateError, match=r"unknown prompt template 'poem'.*paraphrase, qa, style, summary"):
         load_templates(["paraphrase", "poem"])
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(TemplateError, match="twice"):
         load_templates(["qa", "qa"])
     (tmp_path / "broken.yaml").write_text("id: broken\ndescription: no slot\nuser: Rewrite this.\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"\{text\}"):
+    with pytest.raises(TemplateError, match=r"broken.yaml is invalid.*\{text\}"):
         load_templates(["broken"], tmp_path)
+    (tmp_path / "renamed.yaml").write_text("id: other\ndescription: d\nuser: '{text}'\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match="set its id to the file name, 'renamed'"):
+        load_templates(["renamed"], tmp_path)
 
 
 # --- selection -------------------------------------------------------------------------
@@ -280,7 +288,8 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
     assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
     assert sum(progress) == len(SENTENCES)  # rows reported as they end
     assert report["extra"]["new_tokens"] > 0 and report["extra"]["seconds"] > 0
-    templates = {t.prompt_id for t in load_templates(["paraphrase", "qa"])}
+    by_prompt_id = {t.prompt_id: t for t in load_templates(["paraphrase", "qa"])}
+    templates = set(by_prompt_id)
     assert set(report["extra"]["prompt_ids"]) <= templates
     assert sum(c["generated"] for c in report["extra"]["prompt_ids"].values()) == report["rows_in"]
 
@@ -295,9 +304,10 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         assert row["synthetic"] is True and row["parent_id"] != "alice-long"
         assert row["generator"] == generator
         assert row["prompt_id"] in templates
+        # The seed recorded is the row's own: from the run's seed and its rendered prompt.
+        [prompt] = chat_prompts(tokenizer, [by_prompt_id[row["prompt_id"]].messages(parent["text"])])
         assert row["sampling"] == {"backend": "transformers", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 24,
-                                   "stop": [], "seed": row["sampling"]["seed"]}
-        assert isinstance(row["sampling"]["seed"], int)
+                                   "stop": [], "seed": row_seed(1234, prompt.key)}
         assert row["license"] == parent["license"] and row["source"] == parent["source"]
         assert row["id"] == augment.synthetic_id(row["parent_id"], row["prompt_id"], generator)
         assert row["n_tokens"] == len(tokenizer(row["text"], add_special_tokens=False)["input_ids"])

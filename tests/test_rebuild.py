@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import word_doc
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
@@ -15,9 +16,6 @@ from corpusmill.flows.cli import app
 from corpusmill.flows.release import release
 from corpusmill.tasks.rebuild import compare, summary_line
 from corpusmill.tasks.shards import read_table
-
-WORDS = "river stone market window garden letter summer harbour lantern violin engine meadow silver candle".split()
-
 
 def _manifest(files, inputs, fp="f"):
     return {"name": "n", "version": "1.0.0", "fingerprint": fp, "files": files, "inputs": inputs,
@@ -51,7 +49,7 @@ def test_rebuild_is_byte_identical_and_names_changed_inputs(tmp_path):
     rng = random.Random(1)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 40))) for _ in range(60)]
+    docs = [word_doc(rng, rng.randint(20, 40)) for _ in range(60)]
     (inputs / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:30]))
     (inputs / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[30:]))
     recipe = {"name": "rb", "version": "1.0.0", "seed": 2,

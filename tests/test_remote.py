@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import yaml
@@ -12,10 +11,12 @@ import yaml
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+from helpers import release_row, word_doc, write_release  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from corpusmill.flows.cli import app  # noqa: E402
 from corpusmill.tasks import publish  # noqa: E402
+from corpusmill.tasks.verify import verify  # noqa: E402
 
 BUCKET = "corpusmill-test"
 
@@ -41,28 +42,17 @@ def s3():
     server.stop()
 
 
-def _staging(folder: Path) -> Path:
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"rows")
-    (folder / "README.md").write_text("card")
-    files = [{"path": "data/train-00000-of-00001.parquet", "split": "train", "sha256": publish.file_sha256(
-        folder / "data" / "train-00000-of-00001.parquet")}]
-    (folder / "manifest.json").write_text(json.dumps(
-        {"name": "ds", "version": "1.0.0", "files": files, "fingerprint": publish.fingerprint(files)}))
-    return folder
-
-
 def test_upload_is_atomic_and_never_overwrites(s3, tmp_path, monkeypatch):
     root = f"s3://{BUCKET}/unit"
     target = publish.release_path(root, "ds", "1.0.0")
     assert target == f"s3://{BUCKET}/unit/ds/1.0.0" and publish.is_remote(target)
-    staging = _staging(tmp_path / "staging")
+    staging = write_release(tmp_path, [release_row("a", split="train")])
 
     # an interrupted earlier upload left files but no manifest: the version is absent
     s3.pipe(f"{BUCKET}/unit/ds/1.0.0/data/stale.parquet", b"old")
     assert publish.list_versions(root, "ds") == []
     publish.check_absent(target)
-    with pytest.raises(publish.ReleaseNotFound, match="unfinished upload"):
+    with pytest.raises(publish.ReleaseNotFound, match="has no manifest.json"):
         publish.read_manifest(target)
 
     # the manifest is the last object written, after every other file is in place
@@ -73,16 +63,16 @@ def test_upload_is_atomic_and_never_overwrites(s3, tmp_path, monkeypatch):
     publish.upload(staging, target)
     assert written[-1] == f"{BUCKET}/unit/ds/1.0.0/manifest.json"
     assert all("/.1.0.0.staging-" in w for w in written[:2])  # first under a temporary prefix
-    assert sorted(s3.find(f"{BUCKET}/unit/ds")) == [
-        f"{BUCKET}/unit/ds/1.0.0/README.md", f"{BUCKET}/unit/ds/1.0.0/data/train-00000-of-00001.parquet",
-        f"{BUCKET}/unit/ds/1.0.0/manifest.json"]  # stale leftovers replaced, temporary prefix removed
+    assert sorted(s3.find(f"{BUCKET}/unit/ds")) == [f"{BUCKET}/unit/ds/1.0.0/{name}" for name in (
+        "README.md", "checksums.sha256", "data/train-00000-of-00001.parquet", "manifest.json")
+    ]  # stale leftovers replaced, temporary prefix removed
     assert publish.list_versions(root, "ds") == ["1.0.0"]
-    assert publish.verify(target) == [] and publish.read_manifest(target)["version"] == "1.0.0"
+    assert verify(target) == [] and publish.read_manifest(target)["version"] == "1.0.0"
     with pytest.raises(publish.ReleaseExists, match="immutable"):
         publish.upload(staging, target)
 
     s3.pipe(f"{BUCKET}/unit/ds/1.0.0/data/train-00000-of-00001.parquet", b"tampered")
-    assert "does not match" in publish.verify(target)[0]
+    assert "does not match" in verify(target)[0]
 
 
 @pytest.mark.slow
@@ -92,9 +82,7 @@ def test_release_to_s3_root(s3, tmp_path):
     from corpusmill.flows.release import release
 
     rng = random.Random(4)
-    words = "river stone market window garden letter summer harbour lantern violin engine meadow".split()
-    (tmp_path / "in.jsonl").write_text("".join(
-        json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n" for _ in range(40)))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": word_doc(rng, 30)}) + "\n" for _ in range(40)))
     recipe = {"name": "remote", "version": "1.0.0",
               "sources": [{"kind": "files", "name": "docs", "path": str(tmp_path / "in.jsonl"), "license": "MIT"}],
               "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
@@ -109,7 +97,7 @@ def test_release_to_s3_root(s3, tmp_path):
         assert s3.exists(f"{BUCKET}/releases/remote/1.0.0/README.md")
         assert s3.exists(f"{BUCKET}/releases/remote/1.0.0/validation/data_docs/index.html")
         assert publish.list_versions(f"s3://{BUCKET}/releases", "remote") == ["1.0.0"]
-        assert not list((tmp_path / "work" / "remote").glob(".publish-*"))  # local staging cleaned up
+        assert not list((tmp_path / "work" / "remote").glob(".*.staging-*"))  # local staging cleaned up
         with pytest.raises(publish.ReleaseExists):
             release(str(tmp_path / "r.yaml"), [], str(tmp_path / "work"))
         # a new version may name the remote one as its parent

@@ -52,7 +52,17 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
     With `empty=True` only the columns and their types are checked: a tiny dataset may have a
     split with no rows, where a mean (the synthetic share) is undefined and row checks are vacuous.
     """
-    schema_checks = [
+    groups = [_schema]
+    if not empty:
+        groups += [_not_null, _ids_and_texts, _token_bounds, _synthetic_cap, _provenance, _no_personal_data,
+                   _one_row_per_cluster]
+    # The suite gets its expectations at construction: `add_expectation` needs an active context.
+    return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[e for group in groups for e in group(params)])
+
+
+def _schema(params: SuiteParams) -> list[gxe.Expectation]:
+    """The release columns, in order, each with its type."""
+    return [
         gxe.ExpectTableColumnsToMatchOrderedList(
             column_list=list(params.columns),
             meta=_meta("the split's columns must be the release schema, in order, so every split loads as one dataset"),
@@ -67,35 +77,20 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
             if column in RELEASE_DTYPES
         ),
     ]
-    # The suite gets its expectations at construction: `add_expectation` needs an active context.
-    if empty:
-        return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=schema_checks)
 
-    not_null = [
+
+def _not_null(params: SuiteParams) -> list[gxe.Expectation]:
+    """The columns every row has, original or synthetic."""
+    return [
         gxe.ExpectColumnValuesToNotBeNull(
             column=column, meta=_meta(f"every row needs its {column}; a null here means a stage lost data")
         )
         for column in ("id", "text", "source", "license", "n_tokens", "synthetic", "cluster_id")
     ]
-    provenance = [
-        gxe.ExpectColumnValuesToNotBeNull(
-            column=column,
-            row_condition=Column("synthetic") == True,  # a GE row condition, not a Python comparison
-            meta=_meta(f"every synthetic row must record its provenance, including {column}"),
-        )
-        for column in ("parent_id", "generator", "prompt_id", "sampling")
-    ]
-    no_pii = [
-        gxe.ExpectColumnValuesToNotMatchRegex(
-            column="text",
-            regex=pattern,
-            meta=_meta(f"no personal data: text must not match the '{pattern_name}' pattern of tasks.pii"),
-        )
-        for pattern_name, (pattern, _) in pii.PATTERNS.items()
-    ]
-    expectations = [
-        *schema_checks,
-        *not_null,
+
+
+def _ids_and_texts(params: SuiteParams) -> list[gxe.Expectation]:
+    return [
         gxe.ExpectColumnValuesToBeUnique(
             column="id",
             meta=_meta("ids identify rows across rebuilds, diffs and lineage; a repeat makes them ambiguous"),
@@ -103,6 +98,11 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
         gxe.ExpectColumnValuesToBeUnique(
             column="text", meta=_meta("no duplicate texts: exact duplicates must have been removed by dedup")
         ),
+    ]
+
+
+def _token_bounds(params: SuiteParams) -> list[gxe.Expectation]:
+    return [
         gxe.ExpectColumnValuesToBeBetween(
             column="n_tokens",
             min_value=params.min_tokens,
@@ -111,8 +111,13 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
                 f"token counts must lie within the recipe's filters "
                 f"(min_tokens={params.min_tokens}, max_tokens={params.max_tokens})"
             ),
-        ),
-        # `synthetic` is boolean, so its mean is the share of generated rows.
+        )
+    ]
+
+
+def _synthetic_cap(params: SuiteParams) -> list[gxe.Expectation]:
+    # `synthetic` is boolean, so its mean is the share of generated rows.
+    return [
         gxe.ExpectColumnMeanToBeBetween(
             column="synthetic",
             min_value=0.0,
@@ -121,20 +126,46 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
                 f"the synthetic share of a split must not exceed the recipe's cap "
                 f"(max_synthetic_share={params.max_synthetic_share})"
             ),
-        ),
-        *provenance,
-        *no_pii,
-        # Dedup keeps one member per near-duplicate cluster, so a repeat means near duplicates
-        # survived; worth a look, but the texts differ, so it does not stop the release.
+        )
+    ]
+
+
+def _provenance(params: SuiteParams) -> list[gxe.Expectation]:
+    """What a synthetic row must record to be traced and generated again."""
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column,
+            row_condition=Column("synthetic") == True,  # a GE row condition, not a Python comparison
+            meta=_meta(f"every synthetic row must record its provenance, including {column}"),
+        )
+        for column in ("parent_id", "generator", "prompt_id", "sampling")
+    ]
+
+
+def _no_personal_data(params: SuiteParams) -> list[gxe.Expectation]:
+    """One expectation per personal-data pattern of tasks.pii, so a failure names the kind of data."""
+    return [
+        gxe.ExpectColumnValuesToNotMatchRegex(
+            column="text",
+            regex=pattern,
+            meta=_meta(f"no personal data: text must not match the '{pattern_name}' pattern of tasks.pii"),
+        )
+        for pattern_name, (pattern, _) in pii.PATTERNS.items()
+    ]
+
+
+def _one_row_per_cluster(params: SuiteParams) -> list[gxe.Expectation]:
+    # Dedup keeps one member per near-duplicate cluster, so a repeat means near duplicates
+    # survived; worth a look, but the texts differ, so it does not stop the release.
+    return [
         gxe.ExpectColumnValuesToBeUnique(
             column="cluster_id",
             meta=_meta(
                 "dedup keeps one member per near-duplicate cluster; repeated cluster ids mean near duplicates remain",
                 critical=False,
             ),
-        ),
+        )
     ]
-    return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=expectations)
 
 
 def lineage_suite() -> gx.ExpectationSuite:

@@ -3,77 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import split_row, suite_params, synthetic_row, valid_rows, write_split_files
 
 from corpusmill.expectations.default import SuiteParams, lineage_suite, split_suite
 from corpusmill.tasks import pii, schema
 from corpusmill.tasks.recipe import parse_recipe
 from corpusmill.tasks.validate import format_failures, lineage_frame, validate_release
 
-PARAMS = SuiteParams(min_tokens=4, max_tokens=100, max_synthetic_share=0.3)
-
-
-def _row(split: str, i: int, **overrides) -> dict:
-    row_id = f"{split}-{i:03d}"
-    row = {
-        "id": row_id,
-        "text": f"Document {i} of the {split} split, with a few plain words.",
-        "source": "demo",
-        "license": "CC0-1.0",
-        "n_tokens": 12,
-        "synthetic": False,
-        "parent_id": None,
-        "generator": None,
-        "prompt_id": None,
-        "cluster_id": row_id,
-    }
-    row.update(overrides)
-    return row
-
-
-def _synthetic(split: str, i: int, parent: str, **overrides) -> dict:
-    provenance = {
-        "synthetic": True,
-        "parent_id": parent,
-        "generator": "smollm2@sha256:ab12",
-        "prompt_id": "paraphrase@1f2e",
-        "sampling": {"backend": "transformers", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "stop": [],
-                     "seed": 12345},
-    }
-    return _row(split, i, **{**provenance, "text": f"A paraphrase of {parent}, number {i}.", **overrides})
-
-
-def _valid_rows() -> dict[str, list[dict]]:
-    train = [_row("train", i) for i in range(18)] + [
-        _synthetic("train", 18, "train-000"),
-        _synthetic("train", 19, "train-001"),
-    ]
-    return {
-        "train": train,
-        "validation": [_row("validation", i) for i in range(5)],
-        "test": [_row("test", i) for i in range(4)] + [_synthetic("test", 4, "test-000")],
-    }
-
-
-def _write(
-    root: Path, rows: dict[str, list[dict]], alter: dict[str, Callable[[pa.Table], pa.Table]] | None = None
-) -> dict[str, list[Path]]:
-    """One Parquet file per split with the release schema; `alter` rewrites a split's table first."""
-    files = {}
-    for split, split_rows in rows.items():
-        table = pa.Table.from_pylist(split_rows, schema=schema.RELEASE)
-        if alter and split in alter:
-            table = alter[split](table)
-        path = root / "data" / f"{split}-00000-of-00001.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        files[split] = [path]
-    return files
+PARAMS = suite_params()
 
 
 @pytest.fixture
@@ -86,7 +28,7 @@ def cwd(tmp_path, monkeypatch) -> Path:
 
 
 def test_valid_release_passes_and_writes_reports(tmp_path, cwd):
-    files = _write(tmp_path, _valid_rows())
+    files = write_split_files(tmp_path, valid_rows())
     out = tmp_path / "validation"
     summary = validate_release(files, PARAMS, out)
 
@@ -127,8 +69,8 @@ def _too_long(rows):
 
 def _synthetic_share(rows):
     # 2 of 5 rows generated: 0.4 > 0.3; parents in the same split keep lineage clean.
-    rows["validation"][3] = _synthetic("validation", 3, "validation-000")
-    rows["validation"][4] = _synthetic("validation", 4, "validation-001")
+    rows["validation"][3] = synthetic_row("validation", 3, "validation-000")
+    rows["validation"][4] = synthetic_row("validation", 4, "validation-001")
 
 
 def _no_generator(rows):
@@ -137,10 +79,6 @@ def _no_generator(rows):
 
 def _no_sampling(rows):
     rows["test"][4]["sampling"] = None
-
-
-def _email(rows):
-    rows["test"][1]["text"] += " Write to jane.doe@example.org for a copy."
 
 
 def _shared_cluster(rows):
@@ -164,7 +102,6 @@ DEFECTS = [
     pytest.param(
         _no_sampling, "test", "expect_column_values_to_not_be_null", "sampling", "test-004", id="no-sampling"
     ),
-    pytest.param(_email, "test", "expect_column_values_to_not_match_regex", "text", "test-001", id="email"),
     pytest.param(
         _shared_cluster,
         "lineage",
@@ -181,9 +118,9 @@ DEFECTS = [
 
 @pytest.mark.parametrize("defect, batch, expectation, column, seen", DEFECTS)
 def test_each_defect_is_a_critical_failure(tmp_path, defect, batch, expectation, column, seen):
-    rows = _valid_rows()
+    rows = valid_rows()
     defect(rows)
-    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
 
     assert summary["success"] is False
     hits = [
@@ -228,7 +165,7 @@ def _int64_tokens(table: pa.Table) -> pa.Table:
     ],
 )
 def test_schema_defects_are_critical_failures(tmp_path, alter, expectation, column, seen):
-    files = _write(tmp_path, _valid_rows(), alter={"validation": alter})
+    files = write_split_files(tmp_path, valid_rows(), alter={"validation": alter})
     summary = validate_release(files, PARAMS, tmp_path / "validation")
 
     assert summary["success"] is False
@@ -244,17 +181,17 @@ def test_schema_defects_are_critical_failures(tmp_path, alter, expectation, colu
 
 
 def test_files_of_one_split_must_share_a_schema(tmp_path):
-    files = _write(tmp_path, _valid_rows())
+    files = write_split_files(tmp_path, valid_rows())
     other = tmp_path / "data" / "train-extra.parquet"
-    pq.write_table(_drop_prompt_id(pa.Table.from_pylist([_row("train", 99)], schema=schema.RELEASE)), other)
+    pq.write_table(_drop_prompt_id(pa.Table.from_pylist([split_row("train", 99)], schema=schema.RELEASE)), other)
     with pytest.raises(ValueError, match="different schemas"):
         validate_release({**files, "train": [*files["train"], other]}, PARAMS, tmp_path / "validation")
 
 
 def test_empty_split_passes(tmp_path):
-    rows = _valid_rows()
+    rows = valid_rows()
     rows["test"] = []
-    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
 
     assert summary["success"] is True, format_failures(summary)
     assert summary["per_batch"]["test"] == {"rows": 0, "success": True}
@@ -262,9 +199,9 @@ def test_empty_split_passes(tmp_path):
 
 
 def test_repeated_cluster_within_a_split_is_a_warning(tmp_path):
-    rows = _valid_rows()
+    rows = valid_rows()
     rows["train"][2]["cluster_id"] = rows["train"][1]["id"]
-    summary = validate_release(_write(tmp_path, rows), PARAMS, tmp_path / "validation")
+    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
 
     assert summary["success"] is True
     (warning,) = summary["warnings"]
@@ -272,10 +209,38 @@ def test_repeated_cluster_within_a_split_is_a_warning(tmp_path):
     assert summary["failed"] == 1
 
 
-def test_suite_covers_every_pii_pattern_and_marks_criticality():
+# Text each personal-data pattern of tasks.pii must catch.
+PII_EXAMPLES = {
+    "email": "Write to jane.doe@example.org for a copy.",
+    "us_ssn": "Her number was 078-05-1120 on the form.",
+    "credit_card": "She paid with 4111 1111 1111 1111 at the door.",
+}
+# Numbers and dotted names as documentation and books hold them: not personal data.
+NOT_PII = ("Call os.path.join in Python 3.11.7 (section 12-3 of RFC 5322, ISBN 978-0-14-143976-1), "
+           "phone extension 555-0100, on 2024-01-15 at 10:30.")
+
+
+def test_each_personal_data_pattern_fails_the_release_and_plain_numbers_pass(tmp_path):
+    assert set(PII_EXAMPLES) == set(pii.PATTERNS), "every pattern of tasks.pii needs an example here"
+    rows = valid_rows()
+    planted = {}
+    for k, (name, example) in enumerate(PII_EXAMPLES.items()):
+        rows["test"][k]["text"] += " " + example
+        planted[name] = rows["test"][k]["id"]
+    rows["train"][0]["text"] += " " + NOT_PII
+    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
+
+    assert summary["per_batch"]["train"]["success"] is True, format_failures(summary)
+    found = [f for f in summary["critical_failures"] if f["expectation"] == "expect_column_values_to_not_match_regex"]
+    assert len(found) == len(PII_EXAMPLES), found
+    for name, row_id in planted.items():
+        (hit,) = [f for f in found if f"the '{name}' pattern" in f["why"]]
+        assert hit["batch"] == "test" and hit["observed"].startswith("1 unexpected") and row_id in hit["observed"]
+    assert "[test] expect_column_values_to_not_match_regex on column text" in format_failures(summary)
+
+
+def test_every_expectation_says_why_and_empty_splits_check_only_the_schema():
     suite = split_suite(PARAMS, "train")
-    regexes = [e.regex for e in suite.expectations if e.expectation_type == "expect_column_values_to_not_match_regex"]
-    assert regexes == [pattern for pattern, _ in pii.PATTERNS.values()]
     assert all(
         isinstance(e.meta["critical"], bool) and e.meta["why"]
         for e in suite.expectations + lineage_suite().expectations
@@ -289,7 +254,7 @@ def test_suite_covers_every_pii_pattern_and_marks_criticality():
 def test_lineage_frame_counts_splits_per_key():
     frames = {
         split: pa.Table.from_pylist(split_rows, schema=schema.RELEASE).to_pandas()
-        for split, split_rows in _valid_rows().items()
+        for split, split_rows in valid_rows().items()
     }
     frames["test"].loc[4, "parent_id"] = "train-007"
     frame = lineage_frame(frames).set_index("key")
@@ -313,7 +278,7 @@ def test_params_from_recipe():
 
 def test_relative_report_folder_is_accepted(tmp_path, cwd):
     # Recipes say `root: ./releases`; GE's Data Docs site itself only takes absolute folders.
-    files = _write(tmp_path, _valid_rows())
+    files = write_split_files(tmp_path, valid_rows())
     summary = validate_release(files, PARAMS, Path("rel") / "validation")
     assert summary["success"] is True
     assert (cwd / "rel" / "validation" / "data_docs" / "index.html").is_file()

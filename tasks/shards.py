@@ -125,12 +125,47 @@ class StageReport:
 
     @classmethod
     def merge(cls, stage: str, reports: Iterable[dict]) -> StageReport:
+        """The stage's report over all its shards: counts summed, `extra` merged by `merge_extra`."""
         total = cls(stage)
         for r in reports:
             total.rows_in += r["rows_in"]
             total.rows_out += r["rows_out"]
             total.dropped.update(r["dropped"])
+            total.extra = merge_extra(total.extra, r.get("extra", {}))
         return total
+
+
+# Figures of one run's work rather than of the release it produced: wall time, and the
+# generation work that a run resumed from a checkpoint partly skips (augment's `reused` rows
+# and `new_tokens`). In the manifest they would make two builds of one release differ, so
+# merged reports leave them out.
+RUN_FIGURES = frozenset({"seconds", "new_tokens", "reused"})
+
+
+def merge_extra(total: dict, shard: dict) -> dict:
+    """Add one shard's `extra` figures to the stage's: numbers summed, dicts merged key by key.
+
+    Any other kind of figure (a list, a string, a flag) has no sum; a stage that reports one
+    must say here how its shards combine, so merging raises rather than keeping one shard's value.
+    """
+    merged = dict(total)
+    for key, value in shard.items():
+        if key not in RUN_FIGURES:
+            merged[key] = _combine(key, merged.get(key), value)
+    return merged
+
+
+def _combine(key: str, total, value):
+    if isinstance(value, dict) and (total is None or isinstance(total, dict)):
+        return merge_extra(total or {}, value)
+    if _is_number(value) and (total is None or _is_number(total)):
+        return (total or 0) + value
+    raise TypeError(f"cannot merge the shards' {key!r} figures {total!r} and {value!r}: only numbers and dicts of "
+                    "numbers add up; say in tasks.shards.merge_extra how this one combines")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def dropped_table(rows: list[dict]) -> pa.Table:

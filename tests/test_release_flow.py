@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
+from helpers import word_doc
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
@@ -21,10 +22,6 @@ from corpusmill.tasks.shards import file_sha256, read_table
 
 pytestmark = pytest.mark.slow
 
-WORDS = ("river stone market window garden letter summer harbour lantern violin engine meadow "
-         "silver candle orchard bridge pepper thunder valley mirror copper island ribbon falcon "
-         "marble castle forest ocean pillow saddle rocket tunnel velvet wagon yellow zebra").split()
-
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
@@ -33,8 +30,7 @@ def prefect_server():
 
 
 def sentence_doc(rng: random.Random, n_words: int) -> str:
-    words = [rng.choice(WORDS) for _ in range(n_words)]
-    return " ".join(words).capitalize() + "."
+    return word_doc(rng, n_words).capitalize() + "."
 
 
 def write_recipe(path: Path, **fields) -> Path:
@@ -75,6 +71,15 @@ def assert_release_contract(release_dir: Path) -> dict:
     assert (release_dir / "validation" / "results.json").is_file()
     assert (release_dir / "validation" / "data_docs" / "index.html").is_file()
     return manifest
+
+
+def assert_same_data(first: Path, second: Path) -> None:
+    """The same fingerprint, and every data file, re-hashed from disk (not only the manifests' claims), the same."""
+    manifests = [json.loads((r / "manifest.json").read_text()) for r in (first, second)]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]
+    on_disk = [{p.relative_to(r).as_posix(): file_sha256(p) for p in (r / "data").glob("*.parquet")}
+               for r in (first, second)]
+    assert on_disk[0] == on_disk[1] == {f["path"]: f["sha256"] for f in manifests[0]["files"]}
 
 
 @pytest.fixture(scope="module")
@@ -197,12 +202,21 @@ def test_gutenberg_and_shakespeare_release(tmp_path, corpora):
 
     # cut into a different number of shards, the release is byte-identical
     second = Path(release(str(recipe_path), ["version=0.1.1", "work_shard_rows=37"], str(tmp_path / "work2")))
-    manifest2 = json.loads((second / "manifest.json").read_text())
-    assert manifest2["fingerprint"] == manifest["fingerprint"]
-    # every file, re-hashed from disk (not only the manifests' claims)
-    hashes = {p.relative_to(first).as_posix(): file_sha256(p) for p in (first / "data").glob("*.parquet")}
-    assert hashes == {f["path"]: f["sha256"] for f in manifest["files"]}
-    assert {p.relative_to(second).as_posix(): file_sha256(p) for p in (second / "data").glob("*.parquet")} == hashes
+    assert_same_data(first, second)
+
+
+def test_release_bytes_do_not_depend_on_the_shard_count(tmp_path, generated_inputs):
+    """The generated corpus, without augment (no model), cut into shards of 60 rows and of 23."""
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", **generated_recipe(tmp_path, generated_inputs, augment=None))
+    first = Path(release(str(recipe_path), [], str(tmp_path / "work")))
+    second = Path(release(str(recipe_path), ["version=1.0.1", "work_shard_rows=23"], str(tmp_path / "work2")))
+    shards = [len(list((tmp_path / work / "gen-test" / "ingest").glob("*.parquet"))) for work in ("work", "work2")]
+    assert shards[0] < shards[1], shards
+    assert_same_data(first, second)
+    # the stage figures merged over the shards add up to the same whatever the cut
+    stages = [json.loads((r / "manifest.json").read_text())["stages"] for r in (first, second)]
+    assert stages[0]["tokenize"] == stages[1]["tokenize"]
+    assert stages[0]["tokenize"]["extra"]["pii_redactions"] >= 1  # the planted e-mail address
 
 
 def test_nightly_runs_publish_a_dated_prerelease(tmp_path, generated_inputs):

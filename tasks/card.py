@@ -1,10 +1,11 @@
 """The dataset card (README.md of a release) and its plots.
 
-The card is written for the Hugging Face Hub: YAML front matter the Hub reads (`configs`
-with `data_files` per split, `license` as a Hub license id, `task_categories`,
-`size_categories`), then Markdown tables: sources and licenses, rows and tokens per split
-and source, where dropped rows went, the synthetic share per split and template,
-deduplication and validation, and PNG plots stored in the release (`plots/`).
+The card is written for the Hugging Face Hub: front matter built with huggingface_hub's
+`DatasetCardData` (`configs` with `data_files` per split, `license` as a Hub license id,
+`task_categories`, `size_categories`), then one Markdown section per aspect of the release:
+sources and licenses, rows and tokens per split and source, where dropped rows went, the
+synthetic share per split and template, deduplication and validation, and PNG plots stored
+in the release (`plots/`).
 
 Everything here is a pure function of the manifest and the split statistics, so the card
 is byte-identical on every rebuild.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
+from huggingface_hub import DatasetCardData
 
 # Source licenses (SPDX-style, as written in recipes) -> Hugging Face Hub license ids.
 # Licenses with no Hub id become `other` with `license_name`.
@@ -129,6 +130,43 @@ def write_plots(stats: dict, plots_dir: Path) -> list[str]:
 # --- the card ----------------------------------------------------------------------------
 
 
+def card_data(manifest: dict, stats: dict) -> DatasetCardData:
+    """The front matter the Hub reads: license ids, sizes, task and one `default` config with its split files."""
+    recipe = manifest["recipe"]
+    synthetic = any(s.synthetic for s in stats.values())
+    return DatasetCardData(
+        **license_front_matter(sorted({s["license"] for s in recipe["sources"]})),
+        pretty_name=recipe["name"],
+        size_categories=[size_category(_total_rows(stats))],
+        task_categories=["text-generation"],
+        task_ids=["language-modeling"],
+        tags=["corpusmill"] + (["synthetic"] if synthetic else []),
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in stats]}],
+    )
+
+
+def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
+    """The release's README.md: the front matter, then one section per aspect of the release."""
+    sections = [
+        _overview(manifest, stats),
+        _sources(manifest),
+        _splits(manifest, stats),
+        _where_rows_went(manifest),
+        _synthetic_data(manifest, stats),
+        _deduplication(manifest, dedup_report),
+        _validation(manifest),
+        _reproducing(manifest),
+    ]
+    body = "\n\n".join("\n".join(lines) for lines in sections if lines)
+    # The layout huggingface_hub's RepoCard writes: YAML block, blank line, Markdown.
+    return f"---\n{card_data(manifest, stats).to_yaml()}\n---\n\n{body}\n"
+
+
+def _total_rows(stats: dict) -> int:
+    return sum(s.rows for s in stats.values())
+
+
 def _table(header: list[str], rows: list[list], right_from: int = 1) -> list[str]:
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
@@ -140,34 +178,16 @@ def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "-"
 
 
-def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
-    recipe = manifest["recipe"]
-    inputs = manifest.get("inputs", [])
-    source_license = {i["name"]: i["license"] for i in inputs}
-    licenses = sorted({s["license"] for s in recipe["sources"]})
-    total_rows = sum(s.rows for s in stats.values())
-    front = {
-        **license_front_matter(licenses),
-        "pretty_name": recipe["name"],
-        "size_categories": [size_category(total_rows)],
-        "task_categories": ["text-generation"],
-        "task_ids": ["language-modeling"],
-        "tags": ["corpusmill"] + (["synthetic"] if any(s.synthetic for s in stats.values()) else []),
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in stats],
-        }],
-    }
-    version = manifest["version"]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
-             f"# {recipe['name']} {version}", "",
-             f"A language-modeling dataset of {total_rows:,} rows and "
-             f"{sum(s.tokens for s in stats.values()):,} tokens, built by "
-             f"corpusmill {manifest['code_version']} from the recipe stored in "
-             f"`manifest.json`.", "",
+def _overview(manifest: dict, stats: dict) -> list[str]:
+    """Title, size, how to load it, the fingerprint and the version it follows."""
+    name, version = manifest["recipe"]["name"], manifest["version"]
+    lines = [f"# {name} {version}", "",
+             f"A language-modeling dataset of {_total_rows(stats):,} rows and "
+             f"{sum(s.tokens for s in stats.values()):,} tokens, built by corpusmill {manifest['code_version']} "
+             "from the recipe stored in `manifest.json`.", "",
              "```python",
              "from datasets import load_dataset",
-             f'ds = load_dataset("parquet", data_dir="{recipe["name"]}/{version}")  # or the Hub repo id',
+             f'ds = load_dataset("parquet", data_dir="{name}/{version}")  # or the Hub repo id',
              "```", "",
              f"Fingerprint `{manifest['fingerprint']}`: a hash over every data file's sha256, the same on every "
              "rebuild. Check the files with `corpusmill verify <this folder>`, rebuild from the recorded recipe "
@@ -176,78 +196,91 @@ def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
         p = manifest["parent"]
         lines += ["", f"This version follows **{p['version']}** (fingerprint `{p['fingerprint']}`): rows and "
                       "lineages that were in its validation or test split keep that split here."]
+    return lines
 
-    # sources and licenses
-    lines += ["", "## Sources and licenses", ""]
+
+def _sources(manifest: dict) -> list[str]:
+    inputs = manifest.get("inputs", [])
+    lines = ["## Sources and licenses", ""]
     lines += _table(["source", "kind", "license", "Hub license id"],
                     [[i["name"], i.get("kind", ""), i["license"], hub_license(i["license"]) or "other"]
                      for i in inputs], right_from=4)
-    if len(licenses) > 1:
+    if len({s["license"] for s in manifest["recipe"]["sources"]}) > 1:
         lines += ["", "The release mixes licenses; each row's `license` column names the license of its source, "
                       "so a subset under one license is one filter away."]
+    return lines
 
-    # rows and tokens per split and source
-    lines += ["", "## Splits", ""]
+
+def _splits(manifest: dict, stats: dict) -> list[str]:
+    """Rows and tokens per split, then per split and source, and the plots."""
+    source_license = {i["name"]: i["license"] for i in manifest.get("inputs", [])}
+    lines = ["## Splits", ""]
     lines += _table(["split", "rows", "tokens", "mean tokens", "synthetic share", "files"],
                     [[split, f"{s.rows:,}", f"{s.tokens:,}", f"{s.tokens / max(s.rows, 1):,.1f}",
                       _share(s.synthetic, s.rows), sum(1 for f in manifest["files"] if f["split"] == split)]
                      for split, s in stats.items()])
+    per_source = [[split, name, source_license.get(name, ""), f"{e['rows']:,}", f"{e['tokens']:,}",
+                   f"{e['synthetic']:,}", _share(e["rows"], s.rows)]
+                  for split, s in stats.items() for name, e in sorted(s.by_source.items())]
     lines += ["", "### Rows and tokens per split and source", ""]
-    rows = []
-    for split, s in stats.items():
-        for name in sorted(s.by_source):
-            e = s.by_source[name]
-            rows.append([split, name, source_license.get(name, ""), f"{e['rows']:,}", f"{e['tokens']:,}",
-                         f"{e['synthetic']:,}", _share(e["rows"], s.rows)])
     lines += _table(["split", "source", "license", "rows", "tokens", "synthetic rows", "share of split rows"],
-                    rows, right_from=3)
+                    per_source, right_from=3)
     lines += ["", "Splits are assigned by a hash of each row's lineage root (a synthetic row follows its parent, "
                   "near duplicates stay together), so no document, its paraphrase or its near duplicate crosses "
                   "splits.", "", "![Token length by split](plots/token_lengths.png)", "",
               "![Composition by source](plots/composition.png)"]
+    return lines
 
-    # where the rows went
+
+def _where_rows_went(manifest: dict) -> list[str]:
+    """The accounting: rows in, rows out, and every dropped row by stage and reason."""
     acc = manifest["accounting"]
-    lines += ["", "## Where the rows went", "",
-              f"{acc['rows_in']:,} source rows and {acc['synthetic_in']:,} generated rows came in; "
-              f"{acc['rows_out']:,} rows are in the release ({acc['synthetic_out']:,} synthetic) and "
-              f"{sum(acc['dropped'].values()):,} were dropped, each counted once by stage and reason:", ""]
-    dropped_total = acc["rows_in"] + acc["synthetic_in"]
+    rows_in = acc["rows_in"] + acc["synthetic_in"]
+    lines = ["## Where the rows went", "",
+             f"{acc['rows_in']:,} source rows and {acc['synthetic_in']:,} generated rows came in; "
+             f"{acc['rows_out']:,} rows are in the release ({acc['synthetic_out']:,} synthetic) and "
+             f"{sum(acc['dropped'].values()):,} were dropped, each counted once by stage and reason:", ""]
     lines += _table(["stage", "reason", "rows dropped", "share of rows in"],
-                    [[k.split(".", 1)[0], k.split(".", 1)[-1], f"{n:,}", _share(n, dropped_total)]
-                     for k, n in acc["dropped"].items()] or [["-", "none", "0", "-"]], right_from=2)
+                    [[*key.split(".", 1), f"{n:,}", _share(n, rows_in)] for key, n in acc["dropped"].items()]
+                    or [["-", "none", "0", "-"]], right_from=2)
+    return lines
 
-    # synthetic data
-    if recipe.get("augment"):
-        aug = recipe["augment"]
-        lines += ["", "## Synthetic data", "",
-                  f"Generated by `{manifest.get('generator', aug['model'])}` with templates "
-                  f"{', '.join(f'`{t}`' for t in aug['templates'])} for {aug['fraction']:.0%} of the source rows. "
-                  f"Every synthetic row records `parent_id`, `generator`, `prompt_id` (template id and a hash of "
-                  f"its text) and `sampling` (backend, temperature, top_p, max_new_tokens, stop sequences and "
-                  f"seed). Synthetic rows are capped at {aug['max_synthetic_share']:.0%} of each split and pass "
-                  "quality gates (empty, refusal, repetition, length, copy of the source) before they are kept.", ""]
-        prompts = sorted({p for s in stats.values() for p in s.by_prompt})
-        rows = []
-        for split, s in stats.items():
-            for p in prompts:
-                n = s.by_prompt.get(p, {"rows": 0, "tokens": 0})
-                rows.append([split, f"`{p}`", f"{n['rows']:,}", f"{n['tokens']:,}", _share(n["rows"], s.rows)])
-            rows.append([split, "all templates", f"{s.synthetic:,}", f"{s.synthetic_tokens:,}", _share(s.synthetic, s.rows)])
-        lines += _table(["split", "prompt_id", "synthetic rows", "tokens", "share of split rows"], rows, right_from=2)
 
-    # deduplication
+def _synthetic_data(manifest: dict, stats: dict) -> list[str]:
+    """How synthetic rows were made and gated, and their share per split and prompt; nothing without augment."""
+    aug = manifest["recipe"].get("augment")
+    if not aug:
+        return []
+    lines = ["## Synthetic data", "",
+             f"Generated by `{manifest.get('generator', aug['model'])}` with templates "
+             f"{', '.join(f'`{t}`' for t in aug['templates'])} for {aug['fraction']:.0%} of the source rows. "
+             f"Every synthetic row records `parent_id`, `generator`, `prompt_id` (template id and a hash of "
+             f"its text) and `sampling` (backend, temperature, top_p, max_new_tokens, stop sequences and "
+             f"seed). Synthetic rows are capped at {aug['max_synthetic_share']:.0%} of each split and pass "
+             "quality gates (empty, refusal, repetition, length, copy of the source) before they are kept.", ""]
+    prompts = sorted({p for s in stats.values() for p in s.by_prompt})
+    rows = []
+    for split, s in stats.items():
+        for p in prompts:
+            n = s.by_prompt.get(p, {"rows": 0, "tokens": 0})
+            rows.append([split, f"`{p}`", f"{n['rows']:,}", f"{n['tokens']:,}", _share(n["rows"], s.rows)])
+        rows.append([split, "all templates", f"{s.synthetic:,}", f"{s.synthetic_tokens:,}",
+                     _share(s.synthetic, s.rows)])
+    return lines + _table(["split", "prompt_id", "synthetic rows", "tokens", "share of split rows"], rows, right_from=2)
+
+
+def _deduplication(manifest: dict, dedup_report: dict) -> list[str]:
     extra = dedup_report.get("extra", {})
-    d = recipe["dedup"]
-    dedup_drops = {k.split(".", 1)[1]: n for k, n in acc["dropped"].items() if k.startswith("dedup.")}
-    lines += ["", "## Deduplication", "",
-              f"Exact duplicates (normalized text) and near duplicates by MinHash LSH over word {d['ngram']}-grams, "
-              f"{d['num_perm']} permutations ({extra.get('bands', '?')} bands x {extra.get('rows_per_band', '?')} "
-              f"rows), Jaccard threshold {d['threshold']}; candidate pairs are verified by exact Jaccard. The kept "
-              "member of a cluster: original before synthetic, then the lowest id.", ""]
+    d = manifest["recipe"]["dedup"]
+    dropped = {k.split(".", 1)[1]: n for k, n in manifest["accounting"]["dropped"].items() if k.startswith("dedup.")}
+    lines = ["## Deduplication", "",
+             f"Exact duplicates (normalized text) and near duplicates by MinHash LSH over word {d['ngram']}-grams, "
+             f"{d['num_perm']} permutations ({extra.get('bands', '?')} bands x {extra.get('rows_per_band', '?')} "
+             f"rows), Jaccard threshold {d['threshold']}; candidate pairs are verified by exact Jaccard. The kept "
+             "member of a cluster: original before synthetic, then the lowest id.", ""]
     lines += _table(["measure", "value"], [
-        ["exact duplicates dropped", f"{dedup_drops.get('exact_duplicate', 0):,}"],
-        ["near duplicates dropped", f"{dedup_drops.get('near_duplicate', 0):,}"],
+        ["exact duplicates dropped", f"{dropped.get('exact_duplicate', 0):,}"],
+        ["near duplicates dropped", f"{dropped.get('near_duplicate', 0):,}"],
         ["candidate pairs", f"{extra.get('candidate_pairs', 0):,}"],
         ["pairs verified / rejected", f"{extra.get('verified_pairs', 0):,} / {extra.get('rejected_pairs', 0):,}"],
         ["clusters of more than one row", f"{extra.get('clusters', 0):,}"],
@@ -256,24 +289,29 @@ def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
         from corpusmill.tasks.dedup import report_details  # S-curve, cluster size histogram, example pairs
 
         lines += ["", report_details(dedup_report)]
+    return lines
 
-    # validation
+
+def _validation(manifest: dict) -> list[str]:
     v = manifest["validation"]
-    lines += ["", "## Validation", "",
-              f"Great Expectations suite `{v.get('suite')}`: {v.get('evaluated', 0)} expectations evaluated, "
-              f"{v.get('failed', 0)} failed ({len(v.get('critical_failures', []))} critical, "
-              f"{len(v.get('warnings', []))} warnings). Reports: `validation/results.json` and "
-              "`validation/data_docs/index.html` (open it locally; it needs no network).", ""]
+    lines = ["## Validation", "",
+             f"Great Expectations suite `{v.get('suite')}`: {v.get('evaluated', 0)} expectations evaluated, "
+             f"{v.get('failed', 0)} failed ({len(v.get('critical_failures', []))} critical, "
+             f"{len(v.get('warnings', []))} warnings). Reports: `validation/results.json` and "
+             "`validation/data_docs/index.html` (open it locally; it needs no network).", ""]
     lines += _table(["batch", "rows", "result"],
                     [[b, f"{r['rows']:,}", "passed" if r["success"] else "failed"]
                      for b, r in v.get("per_batch", {}).items()])
+    if v.get("warnings"):
+        lines.append("")
     for w in v.get("warnings", []):
         lines.append(f"- warning [{w['batch']}] {w['expectation']}"
                      f"{' on ' + w['column'] if w.get('column') else ''}: {w['observed']}")
+    return lines
 
-    # reproduce
-    lines += ["", "## Reproducing", "",
-              f"Seed {manifest.get('seed')}, tokenizer `{manifest.get('tokenizer', '')}`. Input fingerprints, package "
-              "versions and the resolved recipe are in `manifest.json`; "
-              "`corpusmill rebuild <this folder> --out DIR` re-runs it and compares every file's sha256."]
-    return "\n".join(lines) + "\n"
+
+def _reproducing(manifest: dict) -> list[str]:
+    return ["## Reproducing", "",
+            f"Seed {manifest.get('seed')}, tokenizer `{manifest.get('tokenizer', '')}`. Input fingerprints, package "
+            "versions and the resolved recipe are in `manifest.json`; "
+            "`corpusmill rebuild <this folder> --out DIR` re-runs it and compares every file's sha256."]

@@ -1,18 +1,21 @@
-import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
+from helpers import FINAL, card_inputs, release_row
 
 from corpusmill.tasks import schema
-from corpusmill.tasks.publish import ReleaseExists, accounting, check_absent, fingerprint, verify, write_splits
-from corpusmill.tasks.shards import read_table, write_table
+from corpusmill.tasks.card import dataset_card, license_front_matter, write_plots
+from corpusmill.tasks.publish import ReleaseExists, accounting, check_absent, write_splits
+from corpusmill.tasks.shards import StageReport, read_table, write_table
 
 
 def _final_shard(path, ids, split):
-    rows = [{"id": i, "text": f"text {i}", "source": "s", "license": "l", "n_tokens": 3, "synthetic": False,
-             "parent_id": None, "generator": None, "prompt_id": None, "cluster_id": i, "split": split} for i in ids]
-    fields = list(schema.RELEASE) + [pa.field("split", pa.string())]
-    write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), path)
+    write_table(pa.Table.from_pylist([release_row(i, split=split) for i in ids], schema=FINAL), path)
 
 
 def test_write_splits_rolls_files_and_names_them_like_the_hub(tmp_path):
@@ -30,22 +33,6 @@ def test_write_splits_rolls_files_and_names_them_like_the_hub(tmp_path):
     assert stats["train"].rows == 8 and "validation" not in stats
 
 
-def test_verify_catches_a_flipped_byte_and_extra_files(tmp_path):
-    release = tmp_path / "rel"
-    _final_shard(tmp_path / "f0.parquet", ["a", "b"], "train")
-    files, _ = write_splits([tmp_path / "f0.parquet"], release / "data", {"train": 2}, 10)
-    (release / "manifest.json").write_text(json.dumps({"files": files, "fingerprint": fingerprint(files)}))
-    assert verify(release) == []
-    data = release / files[0]["path"]
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    data.write_bytes(bytes(raw))
-    assert "does not match" in verify(release)[0]
-    (release / "data" / "extra.parquet").write_bytes(b"x")
-    assert any("not listed" in p for p in verify(release))
-    assert "missing" in verify(tmp_path)[0]
-
-
 def test_accounting_must_balance():
     reports = {"ingest": {"rows_in": 10, "dropped": {"empty": 1}}, "tokenize": {"dropped": {"too_few_tokens": 2}},
                "augment": {"rows_in": 4, "dropped": {"refusal": 1}}, "dedup": {"dropped": {"near_duplicate": 1}},
@@ -56,6 +43,37 @@ def test_accounting_must_balance():
         accounting(reports, rows_out=9, synthetic_out=2)
 
 
+def test_merged_stage_report_adds_up_every_shards_figures():
+    """What reaches the manifest's `stages`: the augment and tokenize figures of all shards, summed."""
+    shards = [
+        {"rows_in": 5, "rows_out": 4, "dropped": {"refusal": 1},
+         "extra": {"tokens": 40, "seconds": 1.5, "new_tokens": 90, "reused": 2,
+                   "finish_reasons": {"eos": 3, "length": 1}, "prompt_ids": {"paraphrase@1": {"generated": 3, "kept": 2}}}},
+        {"rows_in": 3, "rows_out": 2, "dropped": {"refusal": 1}},  # a shard without figures
+        {"rows_in": 3, "rows_out": 3, "dropped": {},
+         "extra": {"tokens": 25, "seconds": 0.7, "pii_redactions": 2, "finish_reasons": {"eos": 2, "stop": 1},
+                   "prompt_ids": {"paraphrase@1": {"generated": 1, "kept": 1}, "qa@2": {"generated": 2, "kept": 2}}}},
+    ]
+    assert StageReport.merge("augment", shards).to_dict() == {
+        "stage": "augment", "rows_in": 11, "rows_out": 9, "dropped": {"refusal": 2},
+        "extra": {"tokens": 65, "finish_reasons": {"eos": 5, "length": 1, "stop": 1},
+                  "prompt_ids": {"paraphrase@1": {"generated": 4, "kept": 3}, "qa@2": {"generated": 2, "kept": 2}},
+                  "pii_redactions": 2},  # not this run's work (seconds, new_tokens, reused): rebuilds would differ
+    }
+
+
+@pytest.mark.parametrize("first, second", [
+    ({"examples": [{"a": "x"}]}, {"examples": [{"a": "y"}]}),  # a list has no sum
+    ({"version": "1.0.0"}, {"version": "1.0.0"}),
+    ({"capped": True}, {"capped": False}),  # a flag is not a count
+    ({"tokens": 4}, {"tokens": {"eos": 4}}),
+])
+def test_merging_figures_that_do_not_add_up_is_refused(first, second):
+    reports = [{"rows_in": 1, "rows_out": 1, "dropped": {}, "extra": extra} for extra in (first, second)]
+    with pytest.raises(TypeError, match="cannot merge the shards'"):
+        StageReport.merge("x", reports)
+
+
 def test_existing_release_is_refused(tmp_path):
     with pytest.raises(ReleaseExists, match="bump `version:`"):
         check_absent(tmp_path)
@@ -63,35 +81,11 @@ def test_existing_release_is_refused(tmp_path):
 
 # --- dataset card ---------------------------------------------------------------------------
 
-def _card_inputs(tmp_path, licenses):
-    from corpusmill.tasks.publish import _accumulate, SplitStats
-
-    rows = [{"id": f"r{i}", "text": f"text {i}", "source": f"src{i % len(licenses)}", "license": licenses[i % len(licenses)],
-             "n_tokens": 5 + i, "synthetic": i % 3 == 0, "parent_id": f"p{i}" if i % 3 == 0 else None,
-             "generator": "g@sha256:x" if i % 3 == 0 else None, "prompt_id": "paraphrase@abc" if i % 3 == 0 else None,
-             "cluster_id": f"r{i}"} for i in range(12)]
-    stats = {"train": SplitStats(), "test": SplitStats()}
-    _accumulate(stats["train"], pa.Table.from_pylist(rows[:9], schema=schema.RELEASE))
-    _accumulate(stats["test"], pa.Table.from_pylist(rows[9:], schema=schema.RELEASE))
-    manifest = {
-        "name": "c", "version": "1.2.0", "fingerprint": "fp", "code_version": "0.1.0", "seed": 1, "tokenizer": "tok",
-        "recipe": {"name": "c", "sources": [{"license": lic} for lic in licenses],
-                   "dedup": {"ngram": 5, "num_perm": 128, "threshold": 0.8},
-                   "augment": {"model": "m", "templates": ["paraphrase"], "fraction": 0.1, "max_synthetic_share": 0.3}},
-        "inputs": [{"name": f"src{i}", "kind": "files", "license": lic} for i, lic in enumerate(licenses)],
-        "files": [{"path": "data/train-00000-of-00001.parquet", "split": "train"},
-                  {"path": "data/test-00000-of-00001.parquet", "split": "test"}],
-        "accounting": {"rows_in": 20, "synthetic_in": 6, "rows_out": 12, "synthetic_out": 4,
-                       "dropped": {"dedup.near_duplicate": 3, "tokenize.too_few_tokens": 11}},
-        "validation": {"suite": "default", "evaluated": 9, "failed": 0, "critical_failures": [], "warnings": [],
-                       "per_batch": {"train": {"rows": 9, "success": True}}},
-    }
-    return manifest, stats
+CARD_LICENSES = ["CC0-1.0", "public-domain"]
+DEDUP_REPORT = {"extra": {"bands": 9, "rows_per_band": 13, "clusters": 2}}
 
 
 def _front_matter(card: str) -> dict:
-    import yaml
-
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])
 
@@ -103,34 +97,60 @@ def _front_matter(card: str) -> dict:
     (["public-domain"], {"license": "other", "license_name": "public-domain"}),
 ])
 def test_card_license_ids(licenses, expected):
-    from corpusmill.tasks.card import license_front_matter
-
     assert license_front_matter(licenses) == expected
 
 
 def test_card_front_matter_and_sections(tmp_path):
-    from corpusmill.tasks.card import dataset_card
-
-    manifest, stats = _card_inputs(tmp_path, ["CC0-1.0", "public-domain"])
-    card = dataset_card(manifest, stats, {"extra": {"bands": 9, "rows_per_band": 13, "clusters": 2}})
-    front = _front_matter(card)
-    assert front["license"] == "other" and "public-domain" in front["license_details"]
-    assert front["size_categories"] == ["n<1K"] and front["task_categories"] == ["text-generation"]
-    assert front["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"},
-                                                 {"split": "test", "path": "data/test-*.parquet"}]
-    for heading in ("## Sources and licenses", "### Rows and tokens per split and source", "## Where the rows went",
-                    "## Synthetic data", "## Deduplication", "## Validation", "plots/composition.png"):
-        assert heading in card
+    manifest, stats = card_inputs(tmp_path, CARD_LICENSES)
+    card = dataset_card(manifest, stats, DEDUP_REPORT)
+    assert _front_matter(card) == {
+        "license": "other", "license_name": "multiple-licenses",
+        "license_details": "Rows carry their source's license in the `license` column: CC0-1.0, public-domain",
+        "pretty_name": "c", "size_categories": ["n<1K"], "task_categories": ["text-generation"],
+        "task_ids": ["language-modeling"], "tags": ["corpusmill", "synthetic"],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"},
+                                                              {"split": "test", "path": "data/test-*.parquet"}]}],
+    }
+    body = card.split("---\n", 2)[2]
+    headings = [line for line in body.splitlines() if line.startswith("#")]
+    assert headings == ["# c 1.2.0", "## Sources and licenses", "## Splits", "### Rows and tokens per split and source",
+                        "## Where the rows went", "## Synthetic data", "## Deduplication", "## Validation",
+                        "## Reproducing"]
     assert "| src1 | files | public-domain | other |" in card
-    assert "| tokenize | too_few_tokens | 11 |" in card
+    assert "| train | 9 | 81 | 9.0 | 33.3% | 1 |" in card  # tokens 5..13
+    assert "| tokenize | too_few_tokens | 11 | 42.3% |" in card  # 11 of 20 + 6 rows in
     assert "| train | `paraphrase@abc` | 3 |" in card  # rows 0, 3, 6 of the first nine are synthetic
-    assert dataset_card(manifest, stats, {}) == dataset_card(manifest, stats, {})
+    assert "(9 bands x 13 rows)" in card and "| clusters of more than one row | 2 |" in card
+    assert "![Composition by source](plots/composition.png)" in card
+
+
+def test_card_without_augment_or_parent_leaves_their_sections_out(tmp_path):
+    manifest, stats = card_inputs(tmp_path, ["PSF-2.0"])
+    card = dataset_card({**manifest, "recipe": {**manifest["recipe"], "augment": None}}, stats, {})
+    assert _front_matter(card)["license"] == "psf-2.0" and "license_name" not in _front_matter(card)
+    assert "## Synthetic data" not in card and "follows **" not in card and "mixes licenses" not in card
+    with_parent = dataset_card({**manifest, "parent": {"version": "1.1.0", "fingerprint": "abc"}}, stats, {})
+    assert "This version follows **1.1.0** (fingerprint `abc`)" in with_parent
+
+
+def test_card_is_the_same_in_another_process(tmp_path):
+    """A card depends on nothing but its inputs: not on set or dict order under another hash seed."""
+    manifest, stats = card_inputs(tmp_path / "here", CARD_LICENSES)
+    render = (
+        "import sys; from pathlib import Path; from helpers import card_inputs; "
+        "from corpusmill.tasks.card import dataset_card; "
+        f"sys.stdout.write(dataset_card(*card_inputs(Path(sys.argv[1]), {CARD_LICENSES!r}), {DEDUP_REPORT!r}))"
+    )
+    tests_dir = str(Path(__file__).parent)
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": tests_dir}
+        child = subprocess.run([sys.executable, "-c", render, str(tmp_path / f"child{seed}")], env=env,
+                               capture_output=True, text=True, timeout=300, check=True)
+        assert child.stdout == dataset_card(manifest, stats, DEDUP_REPORT)
 
 
 def test_plots_are_byte_identical(tmp_path):
-    from corpusmill.tasks.card import write_plots
-
-    _, stats = _card_inputs(tmp_path, ["CC0-1.0", "MIT"])
+    _, stats = card_inputs(tmp_path, ["CC0-1.0", "MIT"])
     paths = write_plots(stats, tmp_path / "a" / "plots")
     write_plots(stats, tmp_path / "b" / "plots")
     assert paths == ["plots/token_lengths.png", "plots/composition.png"]

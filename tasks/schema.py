@@ -1,7 +1,7 @@
 """Arrow schemas of the rows that flow between stages and of a release.
 
 Each stage adds columns to the one before it; the release schema is the contract users
-load (see docs/architecture.md).
+load; the README's "What a release is" describes each column.
 """
 
 from __future__ import annotations

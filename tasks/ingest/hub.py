@@ -1,12 +1,20 @@
 """The `hub` source: a Hugging Face dataset (or local files through a datasets builder),
-one document per row."""
+one document per row.
+
+A connection that drops or times out, or a Hub answering 5xx, 408 or 429, propagates as
+raised so the flow retries the unit; anything else (offline mode, a dataset missing or
+forbidden, bad settings or data) is an IngestError naming the dataset.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import itertools
 from typing import Iterator
 
 from corpusmill.tasks.ingest.documents import Doc, cell
-from corpusmill.tasks.ingest.errors import IngestError
+from corpusmill.tasks.ingest.errors import MISSING_OR_FORBIDDEN, IngestError
 from corpusmill.tasks.recipe import HubSource, source_name
 
 
@@ -25,6 +33,8 @@ def documents(source: HubSource) -> Iterator[Doc]:
             data_files=source.data_files, streaming=source.streaming,
         )
     except Exception as e:
+        if _transient(e):
+            raise
         raise IngestError(
             f"ingest source {name!r}: could not load the dataset {described}: {type(e).__name__}: {e}. Check the "
             f"dataset id, config and split, that this machine can reach the Hugging Face Hub (HF_HUB_OFFLINE unset), "
@@ -37,16 +47,17 @@ def documents(source: HubSource) -> Iterator[Doc]:
             f"(columns: {', '.join(features)}). Set `text_column:` on the source to the column that holds the text."
         )
     rows = iter(dataset)
-    index = 0
-    while True:
+    for index in itertools.count():
         try:
             row = next(rows)
         except StopIteration:
             return
-        except Exception as e:  # streaming reads lazily: a lost connection surfaces here
+        except Exception as e:  # streaming reads lazily: a dropped connection surfaces here
+            if _transient(e):
+                raise
             raise IngestError(
                 f"ingest source {name!r}: reading the dataset {described} failed at row {index}: "
-                f"{type(e).__name__}: {e}. Check the connection to the Hub or the local data files, then run again."
+                f"{type(e).__name__}: {e}. Check the dataset's files (or the local data files), then run again."
             ) from e
         key = f"row {index}"
         where = f"{source.dataset}:row {index}"
@@ -54,4 +65,29 @@ def documents(source: HubSource) -> Iterator[Doc]:
             yield Doc(key, where, None, "missing_text", f"no {source.text_column!r} field")
         else:
             yield cell(key, where, row[source.text_column], source.text_column)
-        index += 1
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether a rerun can get past `error`: a connection dropped or timed out, or the Hub
+    answering 5xx, 408 (timeout) or 429 (rate limit). Never in offline mode, where
+    datasets reports a dataset it has not cached as a ConnectionError."""
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return False
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    if isinstance(error, MISSING_OR_FORBIDDEN):
+        return False
+    return isinstance(error, (OSError, TimeoutError, *_transport_errors()))
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP clients' connection errors, which are not OSErrors: httpx's, and httpx2's
+    (which huggingface_hub 2 speaks)."""
+    found = []
+    for client in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError):
+            found.append(importlib.import_module(client).TransportError)
+    return tuple(found)

@@ -69,9 +69,10 @@ def plan(sources: list[AnySource]) -> list[IngestUnit]:
 def unit_fingerprint(source: AnySource, unit: IngestUnit) -> str:
     """sha256 over the unit's input content: the cache key of its task and the manifest's record."""
     if isinstance(source, FilesSource):
+        name = source_name(source)
         if unit.location is not None:
-            return url_sha256(unit.location)
-        return _sha256_json([[f.label, url_sha256(f.url)] for f in expand(source)])
+            return url_sha256(unit.location, name)
+        return _sha256_json([[f.label, url_sha256(f.url, name)] for f in expand(source)])
     if isinstance(source, HubSource):
         return _hub_fingerprint(source)
     return _sha256_json([sys.version, python_docs.topics_and_modules()])
@@ -84,8 +85,9 @@ def _hub_fingerprint(source: HubSource) -> str:
         patterns.append(os.path.join(source.dataset, "**"))
     # local files are hashed; remote ones are named by the settings (and revision) only
     local = [p for p in patterns if isinstance(url_to_fs(p)[0], LocalFileSystem)]
-    files = match(local, source_name(source)) if local else []
-    return _sha256_json([settings, [[f.label, url_sha256(f.url)] for f in files]])
+    name = source_name(source)
+    files = match(local, name) if local else []
+    return _sha256_json([settings, [[f.label, url_sha256(f.url, name)] for f in files]])
 
 
 def _sha256_json(value) -> str:

@@ -9,11 +9,11 @@ import pyarrow.csv as pacsv
 
 from corpusmill.tasks.ingest.documents import Doc, cell
 from corpusmill.tasks.ingest.errors import missing_column
-from corpusmill.tasks.ingest.files import SourceFile, open_file
+from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.recipe import FilesSource, source_name
 
 
-def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
+def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
     """A document per data row (`file:row N`, from 0); a row with the wrong number of fields
     is dropped as malformed_csv in its place."""
     column = source.text_column
@@ -28,7 +28,7 @@ def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
         text, problem = bad.pop(index)
         return Doc(f"{file.label}:row {index}", f"{file.label}:row {index}", text, "malformed_csv", problem)
 
-    with open_file(file.url) as f:
+    with file.open() as f:
         try:
             reader = pacsv.open_csv(
                 f,
@@ -38,10 +38,7 @@ def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
                 convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.binary()}),
             )
         except pa.ArrowKeyError:
-            f.seek(0)
-            skip_bad = pacsv.ParseOptions(invalid_row_handler=lambda _: "skip")
-            columns = pacsv.open_csv(f, parse_options=skip_bad).schema.names
-            raise missing_column(source_name(source), file.url, column, columns) from None
+            raise missing_column(source_name(source), file.url, column, _columns(file)) from None
         index = -1
         for batch in reader:
             for value in batch.column(0).to_pylist():
@@ -53,3 +50,8 @@ def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
                 yield cell(key, key, value, column)
         for rest in sorted(bad):
             yield malformed(rest)
+
+
+def _columns(file: FileReads) -> list[str]:
+    with file.open() as f:  # opened again: a decompressed stream cannot seek back
+        return pacsv.open_csv(f, parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _: "skip")).schema.names

@@ -6,14 +6,14 @@ import json
 from typing import Iterator
 
 from corpusmill.tasks.ingest.documents import Doc, cell, decode_line
-from corpusmill.tasks.ingest.files import SourceFile, open_lines
+from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.recipe import FilesSource
 
 
-def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
+def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
     """A document per line (`file:LINE`, from 1); blank, malformed or text-less lines are dropped."""
     column = source.text_column
-    with open_lines(file.url) as f:
+    with file.open() as f:
         for lineno, raw in enumerate(f, 1):
             key = where = f"{file.label}:{lineno}"
             try:

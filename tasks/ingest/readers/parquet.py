@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from corpusmill.tasks.ingest.documents import Doc, cell
 from corpusmill.tasks.ingest.errors import IngestError, missing_column
-from corpusmill.tasks.ingest.files import SourceFile, open_file
+from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.recipe import FilesSource, source_name
 
 BATCH_ROWS = 1024  # rows read per Parquet batch
@@ -17,10 +17,10 @@ _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_
                pa.types.is_large_binary)
 
 
-def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
+def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
     """A document per row (`file:row N`, from 0)."""
     name, column = source_name(source), source.text_column
-    with open_file(file.url) as f:
+    with file.open() as f:
         parquet = pq.ParquetFile(f)
         arrow_schema = parquet.schema_arrow
         if column not in arrow_schema.names:

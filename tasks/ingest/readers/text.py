@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Iterator
 
 from corpusmill.tasks.ingest.documents import Doc, decode_line
-from corpusmill.tasks.ingest.files import SourceFile, open_lines
+from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.ingest.gutenberg import Boilerplate
 from corpusmill.tasks.ingest.splitters import SPLITTERS
 from corpusmill.tasks.recipe import FilesSource
 
 
-def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
+def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
     """Documents `file:doc N` (from 0). A file that is not UTF-8 is one dropped document,
     and so is a blank one: never silently nothing."""
     # pass 1: check the encoding before anything is kept, and find Gutenberg markers
     bounds = Boilerplate()
-    with open_lines(file.url) as f:
+    with file.open() as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = decode_line(raw, lineno)
@@ -34,10 +34,10 @@ def read(file: SourceFile, source: FilesSource) -> Iterator[Doc]:
         yield Doc(f"{file.label}:doc 0", f"{file.label}:{bounds.start + 1}", "")
 
 
-def _lines(file: SourceFile, bounds: Boilerplate) -> Iterator[tuple[int, str]]:
+def _lines(file: FileReads, bounds: Boilerplate) -> Iterator[tuple[int, str]]:
     """(line number, line) strictly between the boilerplate markers, line ends removed."""
     start, end = bounds.start, bounds.end
-    with open_lines(file.url) as f:
+    with file.open() as f:
         for lineno, raw in enumerate(f, 1):
             if lineno <= start:
                 continue

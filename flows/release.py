@@ -1,6 +1,7 @@
 """The release flow: ingest -> tokenize -> augment -> dedup -> split -> validate -> publish.
 
-Stages pass Parquet shard *paths* under `<work_dir>/<dataset>/<stage>/`. Each stage is
+Stages pass Parquet shard *paths* under `<work_dir>/<dataset>/<stage>/<address>/`, where
+the address names the stage's inputs and settings (`Stage.address`). Each stage is
 declared once, next to its code, as a `tasks.stage.Stage` (name, version, `run`, the
 parameters that name input files, what else its output depends on); `stage_task` turns a
 declaration into a Prefect task whose cache key follows from it, with results persisted
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -95,14 +100,20 @@ class Build:
     recipe: Recipe
     base: Path
     reports: dict[str, dict] = field(default_factory=dict)
-
-    @property
-    def quarantine(self) -> Path:
-        return self.base / "quarantine"
+    quarantined: dict[Path, str] = field(default_factory=dict)  # this run's quarantine files -> their name
 
     @property
     def cached(self) -> dict:
         return dict(result_storage=self.base / ".results")
+
+    def place(self, stage: Stage, **parameters) -> Path:
+        """The folder `stage` writes into for these parameters, named by `Stage.address`."""
+        return self.base / stage.name / stage.address(parameters)
+
+    def quarantine(self, folder: Path, name: str) -> Path:
+        """A quarantine file in a stage's folder, listed in `<work_dir>/<name>/quarantine/` as `name`."""
+        self.quarantined[folder / f"quarantine-{name}"] = name
+        return folder / f"quarantine-{name}"
 
     def submit(self, stage_task_, *args, **kwargs):
         return stage_task_.with_options(**self.cached).submit(*args, **kwargs)
@@ -110,6 +121,19 @@ class Build:
     def report(self, stage: str, report: dict) -> None:
         self.reports[stage] = report
         _report_stage(self.recipe, report)
+
+    def collect_quarantine(self) -> Path:
+        """`<work_dir>/<name>/quarantine/`: this run's dropped rows, one file per task that dropped any."""
+        folder = self.base / "quarantine"
+        publish.discard(folder)
+        folder.mkdir(parents=True)
+        for path, name in sorted(self.quarantined.items(), key=lambda item: item[1]):
+            if path.is_file():
+                try:
+                    os.link(path, folder / name)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, folder / name)
+        return folder
 
 
 def _gather(stage: str, futures: list) -> list[dict]:
@@ -141,62 +165,75 @@ def ingest_sources(b: Build) -> tuple[list[Path], dict]:
     """One task per input unit (a file, or a whole source); returns the shards and each unit's fingerprint."""
     units = ingest.plan(b.recipe.sources)
     progress.begin("documents", None)
-    results = _gather("ingest", [
-        b.submit(ingest_unit, b.recipe.sources[u.source_index], u, b.base / "ingest",
-                 b.quarantine / f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet", b.recipe.work_shard_rows,
-                 **progress.ingest_callbacks())
-        for u in units])
+    futures = []
+    for u in units:
+        params = dict(source=b.recipe.sources[u.source_index], unit=u, shard_rows=b.recipe.work_shard_rows)
+        folder = b.place(ingest.STAGE, **params)
+        futures.append(b.submit(ingest_unit, **params, out_dir=folder,
+                                quarantine_path=b.quarantine(folder, f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet"),
+                                **progress.ingest_callbacks()))
+    results = _gather("ingest", futures)
     _merged(b, "ingest", results)
     fingerprints = {u: ingest.unit_fingerprint(b.recipe.sources[u.source_index], u) for u in units}
     return [Path(p) for r in results for p in r["shards"]], fingerprints
+
+
+def _shard_step(b: Build, stage_task_, stage: Stage, in_path: Path, quarantine: str | None = None, wait_for=(),
+                callbacks: dict | None = None, **settings) -> tuple[Path, Any]:
+    """Submit one shard of a per-shard stage into its addressed folder; returns (output path, future)."""
+    folder = b.place(stage, in_path=in_path, **settings)
+    out = folder / in_path.name
+    outputs = dict(out_path=out)
+    if quarantine:
+        outputs["quarantine_path"] = b.quarantine(folder, f"{quarantine}-{in_path.name}")
+    return out, b.submit(stage_task_, in_path=in_path, **settings, **outputs, **(callbacks or {}), wait_for=list(wait_for))
 
 
 def per_shard(b: Build, shards: list[Path]) -> tuple[list[Path], list[Path]]:
     """Tokenize (+ augment, + signatures) each shard, chained so a shard moves on as soon as
     it is ready; returns the text shards (originals, then synthetic) and their signature files."""
     recipe = b.recipe
-    tokenized = [b.base / "tokenize" / s.name for s in shards]
-    tokenize_futures = [b.submit(tokenize_shard, s, out, b.quarantine / f"tokenize-{s.name}", recipe.tokenizer,
-                                 recipe.filters) for s, out in zip(shards, tokenized)]
-    text_shards, upstream, augment_futures = list(tokenized), list(tokenize_futures), []
+    tokenized = [_shard_step(b, tokenize_shard, tokenize.STAGE, s, "tokenize", tokenizer_ref=recipe.tokenizer,
+                             filters=recipe.filters) for s in shards]
+    steps = list(tokenized)
     if recipe.augment and recipe.augment.fraction > 0:
-        augmented = [b.base / "augment" / s.name for s in shards]
         progress.begin("generate", None)
-        augment_futures = [
-            b.submit(augment_shard, t, out, b.quarantine / f"augment-{t.name}", recipe.augment, recipe.seed,
-                     recipe.tokenizer, recipe.filters, **progress.generation_callbacks(t.name), wait_for=[f])
-            for t, out, f in zip(tokenized, augmented, tokenize_futures)]
-        text_shards += augmented
-        upstream += augment_futures
-    signature_paths = [b.base / "dedup" / "signatures" / f"{p.parent.name}-{p.name}" for p in text_shards]
-    signature_futures = [b.submit(signature_shard, p, out, recipe.dedup, wait_for=[f])
-                         for p, out, f in zip(text_shards, signature_paths, upstream)]
-    _merged(b, "tokenize", _gather("tokenize", tokenize_futures))
-    if augment_futures:
-        _merged(b, "augment", _gather("augment", augment_futures))
-    _gather("signatures", signature_futures)
-    return text_shards, signature_paths
+        augmented = [_shard_step(b, augment_shard, augment.STAGE, t, "augment", wait_for=[f],
+                                 callbacks=progress.generation_callbacks(t.name), settings=recipe.augment,
+                                 seed=recipe.seed, tokenizer_ref=recipe.tokenizer, filters=recipe.filters)
+                     for t, f in tokenized]
+        steps += augmented
+    signatures = [_shard_step(b, signature_shard, dedup.SIGNATURES, p, wait_for=[f], settings=recipe.dedup)
+                  for p, f in steps]
+    _merged(b, "tokenize", _gather("tokenize", [f for _, f in tokenized]))
+    if len(steps) > len(tokenized):
+        _merged(b, "augment", _gather("augment", [f for _, f in steps[len(tokenized):]]))
+    _gather("signatures", [f for _, f in signatures])
+    return [p for p, _ in steps], [p for p, _ in signatures]
 
 
-def dedup_stage(signature_paths: list[Path], text_paths: list[Path], out_dir: Path, settings, cached: dict) -> dict:
+def dedup_stage(signature_paths: list[Path], text_paths: list[Path], base: Path, settings, cached: dict) -> tuple[dict, Path]:
     """One task per LSH band (candidate pairs from the per-shard band keys), then one
-    cluster task (exact Jaccard verification, union-find, keep rule) writing
-    `out_dir/clusters.parquet`; returns the dedup report."""
+    cluster task (exact Jaccard verification, union-find, keep rule); returns the dedup
+    report and the clusters file, each written in its addressed folder under `base`."""
     bands, _ = dedup.lsh_params(settings)
-    pair_paths = [out_dir / "bands" / f"band-{k:03d}.parquet" for k in range(bands)]
+    pair_paths = [base / dedup.BANDS.name / dedup.BANDS.address(dict(side_paths=signature_paths, band=k, settings=settings))
+                  / f"band-{k:03d}.parquet" for k in range(bands)]
     _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
                       for k, path in enumerate(pair_paths)])
-    return cluster_rows.with_options(**cached).submit(signature_paths, text_paths, pair_paths,
-                                                      out_dir / "clusters.parquet", settings).result()
+    params = dict(signature_paths=signature_paths, text_paths=text_paths, pair_paths=pair_paths, settings=settings)
+    clusters_path = base / dedup.CLUSTER.name / dedup.CLUSTER.address(params) / "clusters.parquet"
+    return cluster_rows.with_options(**cached).submit(**params, out_path=clusters_path).result(), clusters_path
 
 
 def deduplicate(b: Build, text_shards: list[Path], signature_paths: list[Path]) -> Path:
     """The dedup stage over every text shard, reported as a table and a Markdown artifact."""
-    b.report("dedup", dedup_stage(signature_paths, text_shards, b.base / "dedup", b.recipe.dedup, b.cached))
+    report, clusters_path = dedup_stage(signature_paths, text_shards, b.base, b.recipe.dedup, b.cached)
+    b.report("dedup", report)
     create_markdown_artifact(key=_artifact_key(b.recipe.name, "dedup-report"),
                              markdown=dedup.report_markdown(b.reports["dedup"]),
                              description=f"{b.recipe.name} {b.recipe.version}: dedup report")
-    return b.base / "dedup" / "clusters.parquet"
+    return clusters_path
 
 
 def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], signature_paths: list[Path],
@@ -205,13 +242,18 @@ def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], 
     recipe = b.recipe
     pinned = split.Previous(str(previous[0]), tuple(map(str, signature_paths)), recipe.dedup.model_dump(),
                             previous[1]["version"]) if previous else None
-    assignments_path = b.base / "split" / "assignments.parquet"
-    cap = recipe.augment.max_synthetic_share if recipe.augment else None
-    b.report("split", b.submit(assign_splits, clusters_path, text_shards, assignments_path, recipe.splits, cap,
-                               recipe.seed, pinned).result())
-    final = [b.base / "final" / f"{p.parent.name}-{p.name}" for p in text_shards]
-    _gather("finalize", [b.submit(finalize_shard, p, assignments_path, out, b.quarantine / f"final-{out.name}")
-                         for p, out in zip(text_shards, final)])
+    params = dict(clusters_path=clusters_path, shard_paths=text_shards, splits=recipe.splits, seed=recipe.seed,
+                  max_synthetic_share=recipe.augment.max_synthetic_share if recipe.augment else None, previous=pinned)
+    assignments_path = b.place(split.ASSIGN, **params) / "assignments.parquet"
+    b.report("split", b.submit(assign_splits, **params, out_path=assignments_path).result())
+    final = []
+    futures = []
+    for p in text_shards:
+        folder = b.place(split.FINALIZE, shard_path=p, assignments_path=assignments_path)
+        final.append(folder / p.name)
+        futures.append(b.submit(finalize_shard, p, assignments_path, folder / p.name,
+                                b.quarantine(folder, f"final-{p.parent.parent.name}-{p.name}")))
+    _gather("finalize", futures)
     return final
 
 
@@ -221,8 +263,12 @@ def previous_release(b: Build) -> tuple[Path, dict] | None:
     if not b.recipe.output.previous:
         return None
     manifest = publish.read_manifest(b.recipe.output.previous)  # once: it may be remote
-    prepared = split.prepare_previous(b.recipe.output.previous, b.base / "previous", b.recipe.dedup)
-    return prepared, {k: manifest[k] for k in ("name", "version", "fingerprint")}
+    parent = {k: manifest[k] for k in ("name", "version", "fingerprint")}
+    # A folder per previous release and dedup setting, so preparing one never rewrites another's.
+    key = hashlib.sha256(json.dumps([parent, b.recipe.dedup.model_dump(mode="json")], sort_keys=True).encode())
+    prepared = split.prepare_previous(b.recipe.output.previous, b.base / "previous" / key.hexdigest()[:16],
+                                      b.recipe.dedup)
+    return prepared, parent
 
 
 def build(recipe: Recipe, work_dir: Path) -> Path:
@@ -237,6 +283,7 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     text_shards, signature_paths = per_shard(b, shards)
     clusters_path = deduplicate(b, text_shards, signature_paths)
     final = assign_and_finalize(b, clusters_path, text_shards, signature_paths, previous)
+    b.collect_quarantine()
 
     # output.root an fsspec URL: build locally, then upload
     staging = publish.new_staging(b.base if publish.is_remote(target) else target.parent, recipe.version)

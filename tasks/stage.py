@@ -13,6 +13,11 @@ parameter exists only to change a key:
 
 Callables among the parameters (progress callbacks) are how a run reports, never what it
 computes, and are left out of the key.
+
+Outputs are content-addressed: `Stage.address` (the same parts, with input files named by
+their paths, which are themselves addresses, and without the output parameters) names
+the folder a stage writes into for these parameters. A cached result therefore never
+names a file that a run with other settings or inputs has since rewritten.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from corpusmill.tasks.shards import file_sha256
+
+# Parameters that name what a stage writes: part of its cache key, not of its address.
+OUTPUTS = frozenset({"out_path", "out_dir", "quarantine_path", "checkpoint_path"})
 
 
 def canonical(value: Any) -> Any:
@@ -47,12 +55,19 @@ class Stage:
     label: str | None = None  # task run name suffix, a format string over the parameters, e.g. "{in_path.name}"
 
     def cache_key(self, parameters: dict[str, Any]) -> str:
+        return f"{self.name}-{self._digest(parameters, by_content=True)}"
+
+    def address(self, parameters: dict[str, Any]) -> str:
+        """16 hex digits naming this stage's outputs for `parameters` (outputs left out)."""
+        return self._digest({k: v for k, v in parameters.items() if k not in OUTPUTS}, by_content=False)[:16]
+
+    def _digest(self, parameters: dict[str, Any], by_content: bool) -> str:
         digest = hashlib.sha256(f"{self.name}/{self.version}".encode())
         for name in sorted(parameters):
             value = parameters[name]
             if callable(value):
                 continue
-            if name in self.inputs:
+            if name in self.inputs and by_content:
                 for path in value if isinstance(value, (list, tuple)) else [value]:
                     digest.update(f"{name}:{file_sha256(path)}".encode())
             else:
@@ -60,4 +75,4 @@ class Stage:
         if self.identity is not None:
             derived = self.identity(**parameters)
             digest.update(f"identity={json.dumps(derived, sort_keys=True, default=str)}".encode())
-        return f"{self.name}-{digest.hexdigest()}"
+        return digest.hexdigest()

@@ -96,3 +96,43 @@ def test_stage_tasks_retry_transient_errors_only(prefect_server, tmp_path, error
         with pytest.raises(type(error), match=str(error)):
             one_stage()
     assert len(calls) == attempts <= RETRIES + 1
+
+
+WORDS = "river stone market window garden letter summer harbour lantern violin engine meadow".split()
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    """Paragraphs of 5 to 60 words, so token bounds and dedup thresholds change what is kept."""
+    paragraphs = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(5 + 5 * (i % 12))) + f" number {i}."
+                  for i in range(60)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""name: tiny
+version: 1.0.0
+sources:
+  - {{kind: files, path: {tmp_path / 'corpus.txt'}, format: text, split_by: paragraph, license: CC0-1.0}}
+tokenizer: {{gguf: smollm2}}
+filters: {{min_tokens: 8}}
+output: {{root: {tmp_path / 'releases'}}}
+""")
+    return recipe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, values", [("filters.min_tokens", [8, 30, 8]), ("dedup.threshold", [0.8, 0.95, 0.8])])
+def test_settings_changed_back_and_forth_in_one_work_dir_reuse_nothing_stale(prefect_server, tmp_path, key, values):
+    """A cached result must never name a file that a run with other settings has since rewritten."""
+    from corpusmill.flows.release import release
+    from corpusmill.tasks.publish import read_manifest
+    from corpusmill.tasks.verify import verify
+
+    recipe, work = tiny_recipe(tmp_path), tmp_path / "work"
+    fingerprints = []
+    for n, value in enumerate(values):
+        target = release(str(recipe), [f"{key}={value}", f"version=1.0.{n}"], str(work))
+        assert verify(target) == []
+        fingerprints.append(read_manifest(target)["fingerprint"])
+    fresh = release(str(recipe), [f"{key}={values[0]}", "version=2.0.0"], str(tmp_path / "fresh-work"))
+    assert fingerprints[2] == fingerprints[0] == read_manifest(fresh)["fingerprint"]
+    if key == "filters.min_tokens":
+        assert fingerprints[1] != fingerprints[0]  # the setting mattered, so the third run had stale files to meet

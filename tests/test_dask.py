@@ -90,7 +90,7 @@ def _run(runner, shards: list[Path], work: Path, url: str) -> list[dict]:
     settings = Dedup()
 
     @flow(name="dedup-scale-out", task_runner=runner)
-    def dedup_flow() -> dict:
+    def dedup_flow() -> tuple[dict, Path]:
         cached = dict(result_storage=work / ".results")
         sides = [work / f"sig-{p.name}" for p in shards]
         futures = [release.signature_shard.with_options(**cached).submit(p, s, settings) for p, s in zip(shards, sides)]
@@ -98,9 +98,9 @@ def _run(runner, shards: list[Path], work: Path, url: str) -> list[dict]:
         return release.dedup_stage(sides, shards, work, settings, cached)
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        report = dedup_flow()
+        report, clusters = dedup_flow()
     assert report["rows_in"] == sum(read_table(p).num_rows for p in shards)
-    return read_table(work / "clusters.parquet").to_pylist()
+    return read_table(clusters).to_pylist()
 
 
 def test_dask_cluster_gives_the_same_clusters_as_threads(prefect_server, tmp_path):

@@ -267,6 +267,17 @@ def test_undecodable_text_file_is_dropped_whole(tmp_path):
     assert dropped[1]["text"] == "na\\xefve\n"  # the offending line, bytes escaped
 
 
+def test_empty_files_are_counted_and_skipped(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"")
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(b""))
+    (tmp_path / "c.parquet").write_bytes(b"")
+    (tmp_path / "d.csv").write_text("text\nkept\n")
+    rows, dropped, report = ingest_all(files(str(tmp_path / "*"), name="e"), tmp_path)
+    assert [r["text"] for r in rows] == ["kept"] and report["dropped"] == {"empty": 3}
+    assert [(d["detail"], d["id"]) for d in dropped] == [
+        (f"{name}: the file is empty", ingest.row_id("e", name)) for name in ("a.csv", "b.csv.gz", "c.parquet")]
+
+
 # --- errors that stop the run -------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ def ingest_file(path, out):
 # --- damaged files: IngestError naming the file ----------------------------------------------
 
 
-@pytest.mark.parametrize("codec", ["gz", "bz2", "xz"])
+@pytest.mark.parametrize("codec", ["gz", "bz2", "xz", "zst"])
 def test_truncated_compressed_file_is_an_ingest_error(tmp_path, codec):
     data = COMPRESS[codec](JSONL)
     path = tmp_path / f"d.jsonl.{codec}"
@@ -59,6 +59,14 @@ def test_corrupt_compressed_file_is_an_ingest_error(tmp_path, codec):
     path.write_bytes(bytes(data))
     with pytest.raises(IngestError, match=rf"d\.jsonl\.{codec} could not be read as jsonl"):
         ingest_file(path, tmp_path)
+
+
+def test_every_zstd_frame_is_read(tmp_path):
+    # concatenated frames (pzstd, appended files) are one valid stream
+    first, second = JSONL[: len(JSONL) // 3], JSONL[len(JSONL) // 3 :]
+    (tmp_path / "d.jsonl.zst").write_bytes(COMPRESS["zst"](first) + COMPRESS["zst"](second))
+    report = ingest_file(tmp_path / "d.jsonl.zst", tmp_path)
+    assert report["rows_in"] == report["rows_out"] == JSONL.count(b"\n")
 
 
 def test_corrupt_parquet_page_is_an_ingest_error(tmp_path):

@@ -50,6 +50,11 @@ def cell(key: str, where: str, value, column: str) -> Doc:
     return Doc(key, where, value)
 
 
+def empty_file(label: str) -> Doc:
+    """An empty file as one dropped document, so it is counted rather than silently nothing."""
+    return Doc(label, label, "", "empty", "the file is empty")
+
+
 def decode_line(raw: bytes, lineno: int) -> str:
     # a UTF-8 byte-order mark is allowed at the start of a file only
     return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")

@@ -7,7 +7,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from corpusmill.tasks.ingest.documents import Doc, cell
+from corpusmill.tasks.ingest.documents import Doc, cell, empty_file
 from corpusmill.tasks.ingest.errors import missing_column
 from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.recipe import FilesSource, source_name
@@ -15,7 +15,7 @@ from corpusmill.tasks.recipe import FilesSource, source_name
 
 def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
     """A document per data row (`file:row N`, from 0); a row with the wrong number of fields
-    is dropped as malformed_csv in its place."""
+    is dropped as malformed_csv in its place, and an empty file is one dropped document."""
     column = source.text_column
     bad: dict[int, tuple[str, str]] = {}  # data row index -> (raw row, problem)
 
@@ -29,6 +29,9 @@ def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
         return Doc(f"{file.label}:row {index}", f"{file.label}:row {index}", text, "malformed_csv", problem)
 
     with file.open() as f:
+        if not f.peek(1):
+            yield empty_file(file.label)
+            return
         try:
             reader = pacsv.open_csv(
                 f,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpusmill.tasks.ingest.documents import Doc, cell
+from corpusmill.tasks.ingest.documents import Doc, cell, empty_file
 from corpusmill.tasks.ingest.errors import IngestError, missing_column
 from corpusmill.tasks.ingest.files import FileReads
 from corpusmill.tasks.recipe import FilesSource, source_name
@@ -18,9 +19,13 @@ _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_
 
 
 def read(file: FileReads, source: FilesSource) -> Iterator[Doc]:
-    """A document per row (`file:row N`, from 0)."""
+    """A document per row (`file:row N`, from 0); an empty file is one dropped document."""
     name, column = source_name(source), source.text_column
     with file.open() as f:
+        if f.seek(0, io.SEEK_END) == 0:  # its size, without fetching a byte
+            yield empty_file(file.label)
+            return
+        f.seek(0)
         parquet = pq.ParquetFile(f)
         arrow_schema = parquet.schema_arrow
         if column not in arrow_schema.names:

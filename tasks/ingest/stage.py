@@ -175,5 +175,5 @@ def _chain(generators: Iterable[Iterator[Doc]]) -> Iterator[Doc]:
             yield from gen
 
 
-STAGE = Stage(NAME, "1", run, label="{unit.label}",
+STAGE = Stage(NAME, "2", run, label="{unit.label}",
               identity=lambda source, unit, **_: {"input": unit_fingerprint(source, unit)})

@@ -17,10 +17,15 @@ document number; the row index for hub datasets; the topic or module name for py
 Numbering: lines (`file:17`) count from 1 as editors do; `row N` and `doc N` count from 0
 as pyarrow, pandas and datasets index rows.
 
+A file gone or forbidden, or one whose bytes make no sense as its format, stops the run
+with an IngestError naming it; other errors of a store or the Hub (a dropped connection,
+a 5xx) propagate as raised, so the flow retries the unit.
+
 Modules: `stage` (plan, fingerprints, run, the Stage), `files` (patterns, formats,
-opening), `readers` (one per file format), `gutenberg` and `splitters` (plain text into
-documents), `python_docs` and `hub` (the other source kinds), `writer` (shards and
-quarantine), `documents` (a candidate document, ids, normalisation), `errors`.
+opening, store errors), `compression`, `readers` (one per file format), `gutenberg` and
+`splitters` (plain text into documents), `python_docs` and `hub` (the other source
+kinds), `writer` (shards and quarantine), `documents` (a candidate document, ids,
+normalisation), `errors`.
 """
 
 from corpusmill.tasks.ingest.documents import normalize, row_id

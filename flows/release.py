@@ -50,6 +50,10 @@ class ValidationFailed(CorpusmillError):
     pass
 
 
+class NothingToPublish(CorpusmillError):
+    pass
+
+
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)) or getattr(error, "errno", None) in FULL_OR_READ_ONLY:
         return False
@@ -283,7 +287,9 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     text_shards, signature_paths = per_shard(b, shards)
     clusters_path = deduplicate(b, text_shards, signature_paths)
     final = assign_and_finalize(b, clusters_path, text_shards, signature_paths, previous)
-    b.collect_quarantine()
+    quarantine = b.collect_quarantine()
+    if b.reports["split"]["rows_out"] == 0:
+        raise NothingToPublish(_nothing_left(b.reports, quarantine))
 
     # output.root an fsspec URL: build locally, then upload
     staging = publish.new_staging(b.base if publish.is_remote(target) else target.parent, recipe.version)
@@ -301,6 +307,12 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
                  f"({manifest['accounting']['synthetic_out']:,} synthetic), fingerprint `{manifest['fingerprint']}`.",
         description="release summary")
     return target
+
+
+def _nothing_left(reports: dict, quarantine: Path) -> str:
+    dropped = [f"{stage}.{reason}: {n}" for stage, r in reports.items() for reason, n in r["dropped"].items()]
+    return (f"every row was dropped, so there is nothing to publish ({'; '.join(dropped) or 'the sources held no rows'}). "
+            f"The dropped rows and their reasons are in {quarantine}; check the sources and the recipe's filters.")
 
 
 @task(name="write-release", retries=0)

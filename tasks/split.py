@@ -257,7 +257,7 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
         schema=ASSIGNMENTS,
     )
     write_table(table, out_path)
-    report.rows_out = int(pc.sum(pc.is_valid(table.column("split"))).as_py())
+    report.rows_out = int(pc.sum(pc.is_valid(table.column("split"))).as_py() or 0)  # None when no row is left
     report.extra["rows"] = {
         name: {"rows": int((split == name).sum()), "synthetic": int(((split == name) & synthetic).sum())}
         for name in schema.SPLITS

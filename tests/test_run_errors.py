@@ -69,3 +69,11 @@ def test_an_output_root_or_work_dir_that_is_a_file_stops_before_any_work(recipe,
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])
 def test_a_full_or_read_only_disk_is_not_retried(code):
     assert not is_transient(OSError(code, "no"))
+
+
+def test_a_source_whose_every_row_is_dropped_says_so(recipe, tmp_path):
+    (tmp_path / "corpus.txt").write_bytes(bytes(range(128, 256)) * 40)  # not UTF-8 at all
+    output = run(str(recipe), "--work-dir", str(tmp_path / "work"))
+    assert "every row was dropped" in output and "ingest.invalid_utf8" in output.replace("\n", "")
+    assert list((tmp_path / "work" / "tiny" / "quarantine").glob("*.parquet"))
+    assert not (tmp_path / "releases" / "tiny" / "1.0.0").exists()

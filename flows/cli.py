@@ -179,12 +179,20 @@ def dedup(
     """Deduplicate one Parquet file: adds `cluster_id` and `keep`, row order unchanged."""
     from corpusmill.tasks.dedup import dedup_file
 
+    if input_path.is_dir():
+        _fail(f"{input_path} is a folder; pass one Parquet file (to deduplicate many, run `corpusmill run` "
+              f"on a recipe with a files source).")
     if not input_path.is_file():
         _fail(f"{input_path} does not exist; pass a Parquet file.")
+    if out.is_dir():
+        _fail(f"--out {out} is a folder; pass the path of the Parquet file to write, such as {out / input_path.name}.")
     try:
         report = dedup_file(input_path, out, text_column=text_column, threshold=threshold, num_perm=num_perm, ngram=ngram)
     except CorpusmillError as e:
         _fail(str(e))
+    except OSError as e:  # --out in a read-only or full place, or a file that is not Parquet
+        _fail(f"could not deduplicate {input_path} into {out}: {e.strerror or e}"
+              f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; check both paths and rerun.")
     dropped = report["dropped"]
     typer.echo(f"{out}: {report['rows_in']} rows, {report['rows_out']} kept, "
                f"{dropped.get('exact_duplicate', 0)} exact and {dropped.get('near_duplicate', 0)} near duplicates")

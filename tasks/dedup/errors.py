@@ -7,6 +7,14 @@ class MissingColumn(CorpusmillError, ValueError):
     """A Parquet file lacks a column dedup needs (the text, or the ids)."""
 
 
+class NotParquet(CorpusmillError, ValueError):
+    """An input to `corpusmill dedup` that Parquet cannot read."""
+
+
+class BadSettings(CorpusmillError, ValueError):
+    """Dedup settings out of range (a threshold of 0, no permutations...)."""
+
+
 class InvalidIds(CorpusmillError, ValueError):
     """Row ids that are null or repeated: clusters and the keep rule are keyed by id."""
 

@@ -1,5 +1,10 @@
 """Dedup of one Parquet file, the `corpusmill dedup` command: the stage's phases on a
-single shard, and the result written back beside the file's own columns."""
+single shard, and the result written back beside the file's own columns.
+
+A file, unlike the pipeline's shards, may hold null or blank texts. They have nothing to
+compare, so they are nobody's duplicate: each is its own cluster and kept, and the report
+counts them as `empty_texts`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pydantic import ValidationError
+
+from corpusmill.tasks.dedup.clusters import EXACT
+from corpusmill.tasks.dedup.errors import BadSettings, NotParquet
 from corpusmill.tasks.dedup.stage import CLUSTER_ID, KEEP, READ_BATCH, cluster, require_columns, side_table
 from corpusmill.tasks.recipe import Dedup
 from corpusmill.tasks.shards import ParquetSink, read_table, write_table
@@ -32,17 +41,42 @@ def dedup_file(
     is kept; a `synthetic` column, when present, applies the keep rule's originals-first.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    settings = Dedup(threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed)
-    source = pq.ParquetFile(in_path)
-    require_columns(in_path, source.schema_arrow.names, [text_column])
+    try:
+        settings = Dedup(threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed)
+    except ValidationError as e:
+        raise BadSettings("dedup settings out of range: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))} {err['msg'].lower()}" for err in e.errors()) + ".") from None
+    try:
+        source = pq.ParquetFile(in_path)
+    except pa.ArrowInvalid as e:
+        raise NotParquet(f"{in_path} is not a Parquet file that can be read ({e}); pass a .parquet file.") from None
+    require_columns(in_path, source.schema_arrow, [text_column], text_column)
     with tempfile.TemporaryDirectory(prefix="corpusmill-dedup-") as tmp:
         side_path, clusters_path = Path(tmp) / "signatures.parquet", Path(tmp) / "clusters.parquet"
         write_table(side_table(in_path, settings, text_column, "id" not in source.schema_arrow.names), side_path)
         ids = read_table(side_path, columns=["id"]).column("id")
         report = cluster([(side_path, in_path)], clusters_path, settings, text_column)
         clusters = read_table(clusters_path)
-    _write_with_columns(source, out_path, _in_row_order(clusters, ids))
+    added = _in_row_order(clusters, ids)
+    report = _keep_empty_texts(added, source, text_column, ids, report)
+    _write_with_columns(source, out_path, added)
     return report
+
+
+def _keep_empty_texts(added: dict, source: pq.ParquetFile, text_column: str, ids: pa.ChunkedArray, report: dict) -> dict:
+    """Null and blank texts as their own kept clusters (see the module docstring); the report's counts follow."""
+    texts = source.read(columns=[text_column]).column(0)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(texts), ""), True).to_numpy(zero_copy_only=False)
+    if not empty.any():
+        return report
+    clusters, keep = added[CLUSTER_ID].to_numpy(zero_copy_only=False), added[KEEP].to_numpy(zero_copy_only=False)
+    turned = int((empty & ~keep).sum())
+    clusters[empty] = ids.to_numpy(zero_copy_only=False)[empty]
+    keep[empty] = True
+    added[CLUSTER_ID], added[KEEP] = pa.chunked_array([pa.array(clusters, pa.string())]), pa.chunked_array([pa.array(keep)])
+    dropped = {**report["dropped"], EXACT: report["dropped"].get(EXACT, 0) - turned}
+    return {**report, "rows_out": report["rows_out"] + turned, "dropped": {k: v for k, v in dropped.items() if v},
+            "extra": {**report.get("extra", {}), "empty_texts": int(empty.sum())}}
 
 
 def _in_row_order(clusters: pa.Table, ids: pa.ChunkedArray) -> dict[pa.Field, pa.ChunkedArray]:

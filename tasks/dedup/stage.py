@@ -82,12 +82,18 @@ def side_schema(settings: Dedup) -> pa.Schema:
     )
 
 
-def require_columns(path: Path, names: list[str], wanted: list[str]) -> None:
+def require_columns(path: Path, schema: pa.Schema, wanted: list[str], text_column: str | None = None) -> None:
+    """Every `wanted` column is there, and `text_column` (when given) holds strings."""
     for column in wanted:
-        if column not in names:
+        if column not in schema.names:
             fix = ("every row needs an id; `corpusmill dedup` numbers the rows of a file without one" if column == "id"
                    else "name the column that holds the text (text_column, or `corpusmill dedup --text-column NAME`)")
-            raise MissingColumn(f"{path} has no column {column!r} (its columns: {', '.join(names)}); {fix}")
+            raise MissingColumn(f"{path} has no column {column!r} (its columns: {', '.join(schema.names)}); {fix}")
+    if text_column is not None:
+        kind = schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise MissingColumn(f"{path}: column {text_column!r} holds {kind}, not text; name a string column "
+                                f"(text_column, or `corpusmill dedup --text-column NAME`)")
 
 
 def _sign(ids: pa.Array, texts: pa.Array, synthetic: np.ndarray, first_row: int, settings: Dedup) -> pa.Table:
@@ -115,7 +121,7 @@ def side_table(path: Path, settings: Dedup, text_column: str, positional_ids: bo
     """
     source = pq.ParquetFile(path)
     names = source.schema_arrow.names
-    require_columns(path, names, [text_column] if positional_ids else ["id", text_column])
+    require_columns(path, source.schema_arrow, [text_column] if positional_ids else ["id", text_column], text_column)
     columns = [text_column] + ([] if positional_ids else ["id"]) + (["synthetic"] if "synthetic" in names else [])
     width = len(str(max(source.metadata.num_rows - 1, 0)))
     parts, start = [], 0
@@ -290,7 +296,7 @@ def _read_pairs(pair_paths: list[Path], texts: DistinctTexts) -> np.ndarray:
 
 def _shingle_sets(path: Path, text_column: str, rows: np.ndarray, expected_rows: int, ngram: int) -> list[np.ndarray]:
     """Sorted unique 64-bit shingle hashes of the texts at `rows` of one shard."""
-    require_columns(path, pq.read_schema(path).names, [text_column])
+    require_columns(path, pq.read_schema(path), [text_column])
     column = read_table(path, columns=[text_column]).column(0)
     if len(column) != expected_rows:
         raise StaleWorkFiles(f"{path} has {len(column)} rows but its signature file has {expected_rows}; "

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -167,7 +168,7 @@ def test_a_file_gone_or_forbidden_mid_read_is_an_ingest_error(tmp_path, dropping
     source = files(path)
     (unit,) = ingest.plan([source])
     dropping_store(error)
-    with pytest.raises(IngestError, match=rf"{path}.* {message} \({type(error).__name__}"):
+    with pytest.raises(IngestError, match=rf"{re.escape(str(path))} {message} \({type(error).__name__}"):
         ingest.run(source, unit, tmp_path / "shards", tmp_path / "q.parquet", 100_000)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import re
 import threading
 import time
 
@@ -141,7 +142,7 @@ def test_a_forbidden_or_missing_object_fails_at_once(store, prefect_api, tmp_pat
     state, runs = run_task(source, unit, tmp_path)
     assert state.is_failed() and runs == 1  # not retried
     message = "may not be read" if problem == "forbidden" else "does not exist"
-    with pytest.raises(IngestError, match=f"s3://{key} {message}"):
+    with pytest.raises(IngestError, match=re.escape(f"s3://{key} {message}")):
         state.result()
 
 

@@ -29,6 +29,22 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """SIGTERM (a scheduler or `kill`) stops a run the way Ctrl-C does: the local Prefect server
+    is stopped, nothing half-written is published, and the exit says how to resume."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
@@ -45,12 +61,17 @@ def run(
     try:
         parsed = load_recipe(recipe, set_ or [])
         flow = release.with_options(task_runner=task_runner_for(parsed.runner))
-        with tied_server(), (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):
+        with _stopped_by_signals(), tied_server(), \
+                (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):
             target = flow(str(recipe), set_ or [], str(work_dir))
+    except KeyboardInterrupt:
+        _fail(f"stopped by a signal. Finished shards are cached in {work_dir}: rerun the same command to resume "
+              f"from them.", code=130)
     except CorpusmillError as e:
         _fail(str(e))
     except Exception as e:
-        from corpusmill.flows.release import FULL_OR_READ_ONLY, RETRIES, is_transient
+        from corpusmill.flows.release import RETRIES
+        from corpusmill.tasks.errors import FULL_OR_READ_ONLY, is_transient
 
         if isinstance(e, OSError) and (e.errno in FULL_OR_READ_ONLY or isinstance(e, PermissionError)):
             _fail(f"the run stopped: {e.strerror or e} at {e.filename or 'a file it was writing'}. Free space there or "

@@ -11,7 +11,6 @@ changed setting recomputes only what depends on it. This module only wires the s
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from prefect.tasks import exponential_backoff
 from corpusmill.expectations.default import SuiteParams
 from corpusmill.flows import progress
 from corpusmill.tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
-from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.errors import CorpusmillError, is_transient
 from corpusmill.tasks.generation import generator_identity
 from corpusmill.tasks.models import resolve
 from corpusmill.tasks.recipe import Recipe, Runner, load_recipe, source_name
@@ -40,30 +39,12 @@ from corpusmill.tasks.validate import format_failures, validate_release
 from corpusmill.tasks.verify import write_checksums
 
 DEFAULT_WORK_DIR = "work"
-# Errors a rerun of the same work can get past: the network or an object store failing for
-# a moment. A missing or forbidden file is not among them; nor is bad input or a bug.
-PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
 class ValidationFailed(CorpusmillError):
     pass
 
 
 class NothingToPublish(CorpusmillError):
     pass
-
-
-def is_transient(error: BaseException) -> bool:
-    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)) or getattr(error, "errno", None) in FULL_OR_READ_ONLY:
-        return False
-    if isinstance(error, (OSError, TimeoutError)):  # ConnectionError, requests' errors, fsspec/s3fs I/O errors
-        return True
-    try:
-        import httpx  # huggingface_hub's transport: a dropped Hub stream
-    except ImportError:
-        return False
-    return isinstance(error, httpx.TransportError)
 
 
 def _retry_if_transient(_task, _task_run, state) -> bool:

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from corpusmill.flows.cli import app
-from corpusmill.flows.release import is_transient
+from corpusmill.tasks.errors import is_transient
 
 RECIPE = """\
 name: tiny

@@ -9,8 +9,8 @@ import pytest
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
-from corpusmill.flows.release import RETRIES, is_transient, stage_task
-from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.flows.release import RETRIES, stage_task
+from corpusmill.tasks.errors import CorpusmillError, is_transient
 from corpusmill.tasks.recipe import Dedup
 from corpusmill.tasks.stage import Stage
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from corpusmill.tasks.errors import CorpusmillError
 
-# What a store raises for a file that is not there or may not be read; it stays so on a rerun.
-MISSING_OR_FORBIDDEN = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-
 
 class IngestError(CorpusmillError, ValueError):
     """An input that stops the run; the message names the source, the path and the fix."""

@@ -21,7 +21,8 @@ from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
 from corpusmill.tasks.ingest.compression import CODECS, READ_SIZE, decompressed
-from corpusmill.tasks.ingest.errors import MISSING_OR_FORBIDDEN, IngestError, inaccessible
+from corpusmill.tasks.errors import MISSING_OR_FORBIDDEN
+from corpusmill.tasks.ingest.errors import IngestError, inaccessible
 from corpusmill.tasks.recipe import FilesSource, source_name
 
 _GLOB_MAGIC = re.compile(r"[*?\[]")

@@ -8,13 +8,12 @@ forbidden, bad settings or data) is an IngestError naming the dataset.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import itertools
 from typing import Iterator
 
 from corpusmill.tasks.ingest.documents import Doc, cell
-from corpusmill.tasks.ingest.errors import MISSING_OR_FORBIDDEN, IngestError
+from corpusmill.tasks.errors import is_transient
+from corpusmill.tasks.ingest.errors import IngestError
 from corpusmill.tasks.recipe import HubSource, source_name
 
 
@@ -78,16 +77,4 @@ def _transient(error: BaseException) -> bool:
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500 or status in (408, 429)
-    if isinstance(error, MISSING_OR_FORBIDDEN):
-        return False
-    return isinstance(error, (OSError, TimeoutError, *_transport_errors()))
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP clients' connection errors, which are not OSErrors: httpx's, and httpx2's
-    (which huggingface_hub 2 speaks)."""
-    found = []
-    for client in ("httpx", "httpx2"):
-        with contextlib.suppress(ImportError):
-            found.append(importlib.import_module(client).TransportError)
-    return tuple(found)
+    return is_transient(error)

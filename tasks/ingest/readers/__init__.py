@@ -8,7 +8,8 @@ import pyarrow as pa
 
 from corpusmill.tasks.ingest.compression import DECODE_ERRORS
 from corpusmill.tasks.ingest.documents import Doc
-from corpusmill.tasks.ingest.errors import MISSING_OR_FORBIDDEN, inaccessible, unreadable
+from corpusmill.tasks.errors import MISSING_OR_FORBIDDEN
+from corpusmill.tasks.ingest.errors import inaccessible, unreadable
 from corpusmill.tasks.ingest.files import FileReads, SourceFile, file_format
 from corpusmill.tasks.ingest.readers import csv, jsonl, parquet, text
 from corpusmill.tasks.recipe import FilesSource, source_name

@@ -13,7 +13,13 @@ from samples import ALICE
 from corpusmill.tasks import augment, schema
 from corpusmill.tasks.augment import generate_detailed, load_templates, quality_gate
 from corpusmill.tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
-from corpusmill.tasks.generation.hf import TransformersBackend, growing_layer_class, next_tokens, shared_prefixes
+from corpusmill.tasks.generation.hf import (
+    TransformersBackend,
+    growing_layer_class,
+    next_tokens,
+    shared_prefixes,
+    stop_token_ids,
+)
 from corpusmill.tasks.models import load_causal_lm, load_tokenizer
 from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
@@ -135,6 +141,41 @@ def test_rows_join_a_running_batch_and_leave_when_they_end(model):
     assert all(a.text.split()[:6] == b.text.split()[:6] for a, b in zip(joined, alone))
 
 
+@pytest.mark.slow
+def test_greedy_engine_equals_model_generate_row_by_row():
+    """The engine (continuous batching, shared prefix, rows joining and leaving) writes what
+    `model.generate` writes for each prompt alone: same chat template, greedy, same
+    max_new_tokens. On the CPU in fp32, where the tests run, the padded batch does not
+    change a token."""
+    torch = pytest.importorskip("torch")
+    lm, tokenizer, _ = load_causal_lm(SMOLLM2, "cpu")
+    [paraphrase] = load_templates(["paraphrase"])
+    # Prompts of different lengths, some ending within a few tokens, some running to the limit.
+    texts = ["Alice laughed.", SENTENCES[0], SENTENCES[1], " ".join(SENTENCES[:3]), "The cat smiled."]
+    settings = Augment(max_new_tokens=32, batch_size=3, batch_tokens=None, device="cpu")
+    widths: list[int] = []  # input width of every forward pass: 1 for a decode step
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        engine = generate_detailed(texts, paraphrase, settings, 0)
+    finally:
+        handle.remove()
+    first_step = widths.index(1)
+    assert any(w > 1 for w in widths[first_step:]), "no row joined a running batch"
+
+    eos = stop_token_ids(lm, tokenizer)
+    for text, got in zip(texts, engine):
+        inputs = tokenizer.apply_chat_template(paraphrase.messages(text), add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = lm.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        ended = next((i + 1 for i, token in enumerate(new) if token in eos), None)
+        expected = Generation(tokenizer.decode(new[:ended], skip_special_tokens=True).strip(),
+                              "stop" if ended else "length", ended or 32, got.seed)
+        assert got == expected, text
+    assert {g.finish_reason for g in engine} == {"stop", "length"}  # rows left at different steps
+
+
 def test_the_first_rows_keep_to_the_token_budget(model):
     lm = model[0]
     [paraphrase] = load_templates(["paraphrase"])
@@ -187,9 +228,12 @@ def test_shared_prefixes_take_each_templates_whole_prefix():
 
 def test_top_p_keeps_the_nucleus_and_seeds_make_draws_repeatable():
     torch = pytest.importorskip("torch")
-    logits = torch.tensor([[4.0, 3.9, -5.0, -5.0], [0.0, 0.0, 0.0, 0.0]])
-    draws = {tuple(next_tokens(logits, 1.0, 0.5, [torch.Generator().manual_seed(s)] * 2).tolist()) for s in range(40)}
-    assert {d[0] for d in draws} <= {0, 1} and len({d[1] for d in draws}) > 1  # row 0: the nucleus only
+    # Row 0: tokens 0 and 1 make the 0.5 nucleus (0.46 + 0.42), tokens 2 and 3 hold 0.12 of the
+    # mass, so 200 draws without the cut would reach them with near certainty.
+    logits = torch.tensor([[2.0, 1.9, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    draws = {tuple(next_tokens(logits, 1.0, 0.5, [torch.Generator().manual_seed(s)] * 2).tolist()) for s in range(200)}
+    assert {d[0] for d in draws} == {0, 1}  # row 0: the nucleus only, both of it
+    assert len({d[1] for d in draws}) > 1  # row 1: drawn, not always its argmax
     assert next_tokens(logits, 0.0, 1.0, None).tolist() == [0, 0]  # greedy: the argmax
     first = next_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)])
     again = next_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)])

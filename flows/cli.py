@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +29,25 @@ DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments" / "prefect.
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code)
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback. A CorpusmillError's message says
+    what to fix; its traceback is noise that reads like a crash, so its log line goes without."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CorpusmillError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    importlib.import_module("prefect")  # configures Prefect's logging, whose handlers get the filter
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in logging.root.manager.loggerDict
+                                       if name.startswith("prefect")]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if not any(isinstance(f, _UserErrorsWithoutTraceback) for f in handler.filters):
+            handler.addFilter(_UserErrorsWithoutTraceback())
 
 
 @contextlib.contextmanager
@@ -56,10 +77,13 @@ def run(
     from corpusmill.flows import progress
     from corpusmill.flows.release import release, task_runner_for
     from corpusmill.flows.server import tied_server
+    from corpusmill.tasks.publish import check_absent, release_path
     from corpusmill.tasks.recipe import load_recipe
 
+    _quiet_user_errors()
     try:
         parsed = load_recipe(recipe, set_ or [])
+        check_absent(release_path(parsed.output.root, parsed.name, parsed.version))  # before the server starts
         flow = release.with_options(task_runner=task_runner_for(parsed.runner))
         with _stopped_by_signals(), tied_server(), \
                 (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):

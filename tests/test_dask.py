@@ -4,13 +4,7 @@ thread-pool runner."""
 
 from __future__ import annotations
 
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,51 +13,16 @@ import pytest
 pytest.importorskip("distributed", reason="the Dask test needs `pip install -e '.[dask]'` (distributed)")
 pytest.importorskip("prefect_dask", reason="the Dask test needs `pip install -e '.[dask]'` (prefect-dask)")
 
-REPO = Path(__file__).resolve().parent.parent
+from corpusmill.flows.server import tied_server  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                pytest.skip(f"the Prefect server did not start: {(home / 'server.log').read_text()[-500:]}")
-            time.sleep(1)
-    yield url
-    # Prefect's log and event workers are process-wide and still point at this server:
-    # drain them before stopping it, as prefect_test_harness does, or later flows in this
-    # test session hang sending to a dead address.
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all()
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+def prefect_server():
+    """A real Prefect server (the CLI's own, `tied_server`), which Dask's worker processes share."""
+    with tied_server() as url:
+        yield url
 
 
 def _rows() -> list[dict]:
@@ -114,13 +73,8 @@ def test_dask_cluster_gives_the_same_clusters_as_threads(prefect_server, tmp_pat
     shards = [write_table(pa.Table.from_pylist(rows[k::3]), tmp_path / "in" / f"part-{k:05d}.parquet") for k in range(3)]
     threads = _run(ThreadPoolTaskRunner(max_workers=2), shards, tmp_path / "threads", prefect_server)
 
-    os.environ["PREFECT_API_URL"] = prefect_server  # the worker processes inherit it
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster:
-            dask = _run(DaskTaskRunner(address=cluster.scheduler_address), shards, tmp_path / "dask", prefect_server)
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        dask = _run(DaskTaskRunner(address=cluster.scheduler_address), shards, tmp_path / "dask", prefect_server)
     assert dask == threads
     assert sum(1 for r in threads if not r["keep"]) == sum(g % 3 for g in range(40))

@@ -1,0 +1,161 @@
+"""Fault injection: kill -9 and SIGTERM at seeded points, and two publishers at once, on small inputs.
+
+Each case runs the real `corpusmill run` in a subprocess, as a user or a scheduler would,
+and checks what an on-call engineer needs: a rerun gives the same bytes and does not redo
+finished shards, no Prefect server outlives its run, no staging folder is left visible,
+and two runs publishing one version leave exactly one intact release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import WORDS
+
+from corpusmill.tasks.verify import verify
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="uses Linux process signals")]
+
+CLI = [sys.executable, "-m", "corpusmill"]
+
+
+def make_recipe(folder: Path, name: str = "faults") -> Path:
+    """Three files of paragraphs (three ingest tasks, three shards), a few exact duplicates.
+    Paths are relative (runs start in `folder`), so runs in different folders give the same bytes."""
+    rng = random.Random(7)
+    for f in range(3):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) for _ in range(150)]
+        paragraphs += paragraphs[:5]
+        (folder / f"part-{f}.txt").write_text("\n\n".join(paragraphs) + "\n")
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(f"""name: {name}
+version: 1.0.0
+sources:
+  - {{kind: files, path: "part-*.txt", format: text, split_by: paragraph, license: CC0-1.0}}
+tokenizer: {{gguf: smollm2}}
+filters: {{min_tokens: 8}}
+work_shard_rows: 100
+output: {{root: releases}}
+""")
+    return recipe
+
+
+def start(recipe: Path, work: Path, *overrides: str) -> subprocess.Popen:
+    args = [a for o in overrides for a in ("--set", o)]
+    return subprocess.Popen(CLI + ["run", str(recipe), "--work-dir", str(work), "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=recipe.parent,
+                            env=os.environ.copy())
+
+
+def start_flow(recipe: Path, work: Path) -> subprocess.Popen:
+    """A run, returned once its flow has begun (the Prefect server is up, the stages start)."""
+    run = start(recipe, work)
+    for line in run.stdout:
+        if "Beginning flow run" in line:
+            return run
+    raise AssertionError(f"the run ended before its flow began: exit {run.wait()}")
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def release_of(recipe: Path, version: str = "1.0.0") -> Path:
+    return recipe.parent / "releases" / "faults" / version
+
+
+def data_bytes(release: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((release / "data").glob("*.parquet"))}
+
+
+def stage_files(work: Path) -> dict[Path, int]:
+    """Every finished stage output under the work dir, with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in work.rglob("*.parquet")
+            if ".results" not in p.parts and "quarantine" not in p.parts and not p.name.startswith(".")}
+
+
+def servers_alive() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "prefect" in cmd and "server" in cmd and "start" in cmd and p.status() != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: the bytes every faulted run must reproduce."""
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = make_recipe(folder)
+    code, out = finish(start(recipe, folder / "work"))
+    assert code == 0, out
+    return data_bytes(release_of(recipe))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_at_a_seeded_point_then_rerun(tmp_path, reference, seed):
+    recipe, work = make_recipe(tmp_path), tmp_path / "work"
+    before = set(servers_alive())
+    run = start_flow(recipe, work)
+    time.sleep(random.Random(seed).uniform(1, 12))  # somewhere in the stages
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 15
+    while set(servers_alive()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(servers_alive()) - before, "the run's Prefect server outlived kill -9"
+    finished = stage_files(work)
+    code, out = finish(start(recipe, work))
+    assert code == 0, out
+    assert data_bytes(release_of(recipe)) == reference
+    assert verify(release_of(recipe)) == []
+    redone = [p for p, mtime in finished.items() if p.exists() and p.stat().st_mtime_ns != mtime]
+    assert not redone, f"finished shards were recomputed: {redone}"
+    assert not list((tmp_path / "releases" / "faults").glob(".*staging*"))
+
+
+def test_sigterm_stops_promptly_and_says_how_to_resume(tmp_path, reference):
+    recipe, work = make_recipe(tmp_path), tmp_path / "work"
+    before = set(servers_alive())
+    run = start_flow(recipe, work)
+    run.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    code, out = finish(run, timeout=60)
+    assert code == 130 and time.monotonic() - stopped < 30
+    assert "rerun the same command to resume" in out and "Traceback" not in out
+    assert not set(servers_alive()) - before
+    code, out = finish(start(recipe, work))
+    assert code == 0, out
+    assert data_bytes(release_of(recipe)) == reference
+
+
+@pytest.mark.parametrize("same_work_dir, settings", [(False, ("filters.min_tokens=8", "filters.min_tokens=30")),
+                                                      (False, ("seed=0", "seed=0")),
+                                                      (True, ("seed=0", "seed=0"))])
+def test_two_runs_publishing_one_version_at_once(tmp_path, same_work_dir, settings):
+    recipe = make_recipe(tmp_path)
+    works = [tmp_path / "work"] * 2 if same_work_dir else [tmp_path / "w1", tmp_path / "w2"]
+    runs = [start(recipe, work, setting) for work, setting in zip(works, settings)]
+    results = [finish(r) for r in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(out for code, out in results if code == 1)
+    assert "already exists" in loser or "published by another run" in loser
+    assert "Traceback" not in loser and "Please report" not in loser
+    release = release_of(recipe)
+    assert verify(release) == []
+    winner = next(s for (code, _), s in zip(results, settings) if code == 0)
+    assert json.loads((release / "manifest.json").read_text())["recipe"]["filters"]["min_tokens"] == (
+        30 if winner.endswith("=30") else 8)
+    assert not list(release.parent.glob(".*staging*"))

@@ -39,6 +39,8 @@ from corpusmill.tasks.validate import format_failures, validate_release
 from corpusmill.tasks.verify import write_checksums
 
 DEFAULT_WORK_DIR = "work"
+
+
 class ValidationFailed(CorpusmillError):
     pass
 
@@ -78,6 +80,11 @@ assign_splits = stage_task(split.ASSIGN)
 finalize_shard = stage_task(split.FINALIZE)
 
 
+def addressed(base: Path, stage: Stage, **parameters) -> Path:
+    """The folder `stage` writes into for these parameters: `<base>/<stage>/<Stage.address>`."""
+    return base / stage.name / stage.address(parameters)
+
+
 @dataclass
 class Build:
     """One build's recipe, work folders and stage reports, handed from step to step."""
@@ -92,8 +99,7 @@ class Build:
         return dict(result_storage=self.base / ".results")
 
     def place(self, stage: Stage, **parameters) -> Path:
-        """The folder `stage` writes into for these parameters, named by `Stage.address`."""
-        return self.base / stage.name / stage.address(parameters)
+        return addressed(self.base, stage, **parameters)
 
     def quarantine(self, folder: Path, name: str) -> Path:
         """A quarantine file in a stage's folder, listed in `<work_dir>/<name>/quarantine/` as `name`."""
@@ -154,8 +160,8 @@ def ingest_sources(b: Build) -> tuple[list[Path], dict]:
     for u in units:
         params = dict(source=b.recipe.sources[u.source_index], unit=u, shard_rows=b.recipe.work_shard_rows)
         folder = b.place(ingest.STAGE, **params)
-        futures.append(b.submit(ingest_unit, **params, out_dir=folder,
-                                quarantine_path=b.quarantine(folder, f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet"),
+        quarantine = b.quarantine(folder, f"ingest-s{u.source_index:03d}-u{u.unit_index:05d}.parquet")
+        futures.append(b.submit(ingest_unit, **params, out_dir=folder, quarantine_path=quarantine,
                                 **progress.ingest_callbacks()))
     results = _gather("ingest", futures)
     _merged(b, "ingest", results)
@@ -202,12 +208,12 @@ def dedup_stage(signature_paths: list[Path], text_paths: list[Path], base: Path,
     cluster task (exact Jaccard verification, union-find, keep rule); returns the dedup
     report and the clusters file, each written in its addressed folder under `base`."""
     bands, _ = dedup.lsh_params(settings)
-    pair_paths = [base / dedup.BANDS.name / dedup.BANDS.address(dict(side_paths=signature_paths, band=k, settings=settings))
-                  / f"band-{k:03d}.parquet" for k in range(bands)]
+    pair_paths = [addressed(base, dedup.BANDS, side_paths=signature_paths, band=k, settings=settings) / f"band-{k:03d}.parquet"
+                  for k in range(bands)]
     _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
                       for k, path in enumerate(pair_paths)])
     params = dict(signature_paths=signature_paths, text_paths=text_paths, pair_paths=pair_paths, settings=settings)
-    clusters_path = base / dedup.CLUSTER.name / dedup.CLUSTER.address(params) / "clusters.parquet"
+    clusters_path = addressed(base, dedup.CLUSTER, **params) / "clusters.parquet"
     return cluster_rows.with_options(**cached).submit(**params, out_path=clusters_path).result(), clusters_path
 
 

@@ -28,6 +28,10 @@ class Strict(BaseModel):
 
 # --- sources ---------------------------------------------------------------------------
 
+# Bounds the memory one document takes in the later stages (tokenizing takes many times a
+# document's size); 8 MiB holds any book of the shared corpora whole.
+MAX_DOCUMENT_BYTES = 8 << 20
+
 
 class PythonDocsSource(Strict):
     """The documentation that ships with CPython: pydoc topics and stdlib module docstrings."""
@@ -36,6 +40,7 @@ class PythonDocsSource(Strict):
     name: str = "python-docs"
     license: str = "PSF-2.0"
     limit: int | None = Field(None, ge=1, description="keep at most this many documents")
+    max_document_bytes: int = Field(MAX_DOCUMENT_BYTES, ge=1, description="longer documents are dropped as ingest.too_large")
 
 
 class FilesSource(Strict):
@@ -49,6 +54,7 @@ class FilesSource(Strict):
     text_column: str = "text"
     license: str
     limit: int | None = Field(None, ge=1)
+    max_document_bytes: int = Field(MAX_DOCUMENT_BYTES, ge=1, description="longer documents are dropped as ingest.too_large")
 
     @property
     def paths(self) -> list[str]:
@@ -73,6 +79,7 @@ class HubSource(Strict):
     streaming: bool = True
     license: str
     limit: int | None = Field(None, ge=1)
+    max_document_bytes: int = Field(MAX_DOCUMENT_BYTES, ge=1, description="longer documents are dropped as ingest.too_large")
 
 
 Source = Annotated[Union[PythonDocsSource, FilesSource, HubSource], Field(discriminator="kind")]

@@ -217,3 +217,18 @@ def test_a_hub_refusal_is_an_ingest_error(tmp_path, online_hub, error):
     source = HubSource(kind="hub", dataset="org/data", license="CC0-1.0")
     with pytest.raises(IngestError, match="reading the dataset 'org/data'.*failed at row 2"):
         ingest.run(source, ingest.plan([source])[0], tmp_path / "shards", tmp_path / "q.parquet", 100)
+
+
+def test_a_document_over_max_document_bytes_is_dropped_as_too_large_not_read_into_every_stage(tmp_path):
+    from corpusmill.tasks.ingest import plan, run
+    from corpusmill.tasks.recipe import FilesSource
+    from corpusmill.tasks.shards import read_table
+
+    (tmp_path / "docs.jsonl").write_text(
+        '{"text": "a short document"}\n' + '{"text": "' + "é" * 600 + '"}\n' + '{"text": "' + "x" * 900 + '"}\n')
+    source = FilesSource(kind="files", path=str(tmp_path / "docs.jsonl"), license="CC0-1.0", max_document_bytes=1000)
+    (unit,) = plan([source])
+    report = run(source, unit, tmp_path / "out", tmp_path / "quarantine.parquet", 100)
+    assert report["rows_in"] == 3 and report["rows_out"] == 2 and report["dropped"] == {"too_large": 1}
+    (dropped,) = read_table(tmp_path / "quarantine.parquet").to_pylist()
+    assert "1,200 bytes" in dropped["detail"] and "max_document_bytes (1,000)" in dropped["detail"]

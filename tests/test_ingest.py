@@ -331,8 +331,10 @@ def test_plan_units_and_fingerprints(tmp_path):
     source = files([str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl")])
     units = ingest.plan([PythonDocsSource(kind="python-docs"), source])
     assert [(u.source_index, u.unit_index, u.label) for u in units] == [
-        (0, 0, "python-docs"), (1, 0, "a.jsonl"), (1, 1, "b.jsonl")]  # sorted, a.jsonl listed once
-    assert ingest.unit_fingerprint(source, units[1]) == file_sha256(tmp_path / "a.jsonl")
+        (0, 0, "python-docs"), (1, 0, "a.jsonl .. b.jsonl (2 files)")]  # sorted, a.jsonl listed once
+    assert [f.label for f in units[1].files] == ["a.jsonl", "b.jsonl"]
+    (alone,) = ingest.plan([files(str(tmp_path / "a.jsonl"))])
+    assert alone.label == "a.jsonl" and ingest.unit_fingerprint(source, alone) == file_sha256(tmp_path / "a.jsonl")
     limited = files(str(tmp_path / "*.jsonl"), limit=7)
     (unit,) = ingest.plan([limited])
     assert unit == IngestUnit(0, 0, "2 file(s)", None)
@@ -401,3 +403,21 @@ def test_hub_source_with_local_data_files(tmp_path):
     missing = HubSource(kind="hub", dataset="no-such-org/no-such-dataset", license="x")
     with pytest.raises(IngestError, match="no-such-org/no-such-dataset"):
         ingest_all(missing, tmp_path, tag="missing")
+
+
+def test_small_files_are_grouped_into_few_units_with_the_same_rows(tmp_path, monkeypatch):
+    from corpusmill.tasks.ingest import stage
+
+    for i in range(30):
+        write_jsonl(tmp_path / f"doc-{i:03d}.jsonl", [{"text": f"document {i} line {k}"} for k in range(3)])
+    source = files(str(tmp_path / "*.jsonl"))
+    monkeypatch.setattr(stage, "UNIT_FILES", 8)
+    units = ingest.plan([source])
+    assert [len(u.files) for u in units] == [8, 8, 8, 6]
+    grouped = ingest_all(source, tmp_path, tag="grouped")[0]
+    monkeypatch.setattr(stage, "UNIT_FILES", 1)  # one file a unit, as before grouping
+    assert len(ingest.plan([source])) == 30
+    assert ingest_all(source, tmp_path, tag="single")[0] == grouped  # same ids, texts and order
+    monkeypatch.setattr(stage, "UNIT_FILES", 256)
+    monkeypatch.setattr(stage, "UNIT_BYTES", (tmp_path / "doc-000.jsonl").stat().st_size * 5)
+    assert [len(u.files) for u in ingest.plan([source])] == [5] * 6  # closed by size

@@ -32,6 +32,7 @@ _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet":
 class SourceFile(NamedTuple):
     label: str  # the path relative to the fixed directory of its pattern: part of every row id
     url: str
+    size: int = 0  # bytes, as listed: how plan() groups small files into one unit
 
 
 def infer_format(path: str) -> str:
@@ -74,22 +75,25 @@ def expand(source: FilesSource) -> list[SourceFile]:
 def match(patterns: list[str], name: str) -> list[SourceFile]:
     """Files in order: each pattern's matches sorted, duplicates dropped; labelled by their
     path relative to the fixed directory the patterns share."""
-    urls: list[str] = []
+    sizes: dict[str, int] = {}  # url -> size, in order
     prefixes: list[str] = []
     for pattern in patterns:
         fs, path = url_to_fs(pattern)
         with store_access(name, pattern):
             hits, prefix = _lookup(fs, path, pattern, name)
         prefixes.append(fs.unstrip_protocol(prefix))
-        urls.extend(fs.unstrip_protocol(h) for h in hits)
+        for hit, size in hits:
+            sizes.setdefault(fs.unstrip_protocol(hit), size)
     root = "/".join(os.path.commonprefix([p.split("/") for p in prefixes]))  # component-wise on lists
-    return [SourceFile(url[len(root) + 1 :] if root else url, url) for url in dict.fromkeys(urls)]
+    return [SourceFile(url[len(root) + 1 :] if root else url, url, size) for url, size in sizes.items()]
 
 
-def _lookup(fs, path: str, pattern: str, name: str) -> tuple[list[str], str]:
-    """The files a pattern matches, sorted, and the fixed directory their labels are relative to."""
+def _lookup(fs, path: str, pattern: str, name: str) -> tuple[list[tuple[str, int]], str]:
+    """The files a pattern matches with their sizes, sorted, and the fixed directory their
+    labels are relative to."""
     if _GLOB_MAGIC.search(path):
-        hits = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file")
+        hits = sorted((p, info.get("size") or 0) for p, info in fs.glob(path, detail=True).items()
+                      if info["type"] == "file")
         if not hits:
             raise IngestError(
                 f"ingest source {name!r}: the pattern {pattern!r} ({path}) matches no file. Check the directory "
@@ -106,7 +110,7 @@ def _lookup(fs, path: str, pattern: str, name: str) -> tuple[list[str], str]:
             f"ingest source {name!r}: {pattern!r} is a directory. Give a glob such as "
             f"'{pattern.rstrip('/')}/*.jsonl' to say which files to read."
         )
-    return [path], path.rstrip("/").rsplit("/", 1)[0]
+    return [(path, fs.size(path) or 0)], path.rstrip("/").rsplit("/", 1)[0]
 
 
 def _fixed_parts(path: str) -> list[str]:
@@ -156,7 +160,7 @@ class FileReads:
     """
 
     def __init__(self, file: SourceFile):
-        self.label, self.url = file
+        self.label, self.url = file.label, file.url
         self._store_error: BaseException | None = None
 
     @contextlib.contextmanager

@@ -30,19 +30,27 @@ PROGRESS_EVERY = 1000  # documents between on_progress calls
 AnySource = PythonDocsSource | FilesSource | HubSource
 
 
+# Consecutive small files of a source are read by one task, up to this much input or this
+# many files: 2,000 tiny files were 2,000 tasks, minutes of scheduling and 17k log lines.
+UNIT_BYTES = 64 << 20
+UNIT_FILES = 256
+
+
 @dataclass(frozen=True)
 class IngestUnit:
-    """One task's worth of input: a file of a `files` source, or a whole source.
+    """One task's worth of input: consecutive files of a `files` source, or a whole source.
 
-    `label` is location-independent and, for a file, part of every row id (the path
-    relative to its pattern's fixed directory). `location` is the URL read, or None when
-    the unit is a whole source (python-docs, or a files source with `limit`).
+    `label` names the unit for people (task names, the manifest's inputs); for one file it
+    is the path relative to its pattern's fixed directory, which is also part of every row
+    id. `files` are the files read, in order; none when the unit is a whole source
+    (python-docs, a hub dataset whose id is `location`, or a files source with `limit`).
     """
 
     source_index: int
     unit_index: int
     label: str
     location: str | None
+    files: tuple[SourceFile, ...] = ()
 
 
 # --- planning ---------------------------------------------------------------------------
@@ -58,7 +66,8 @@ def plan(sources: list[AnySource]) -> list[IngestUnit]:
                 # one unit, so the limit counts documents in file order across all files
                 units.append(IngestUnit(s, 0, f"{len(files)} file(s)", None))
             else:
-                units.extend(IngestUnit(s, u, f.label, f.url) for u, f in enumerate(files))
+                units.extend(IngestUnit(s, u, _group_label(group), None, tuple(group))
+                             for u, group in enumerate(_groups(files)))
         elif isinstance(source, HubSource):
             units.append(IngestUnit(s, 0, source_name(source), source.dataset))
         else:
@@ -66,13 +75,30 @@ def plan(sources: list[AnySource]) -> list[IngestUnit]:
     return units
 
 
+def _groups(files: list[SourceFile]) -> Iterator[list[SourceFile]]:
+    """Consecutive files, a group closing once it holds UNIT_BYTES or UNIT_FILES."""
+    group: list[SourceFile] = []
+    for f in files:
+        group.append(f)
+        if sum(g.size for g in group) >= UNIT_BYTES or len(group) >= UNIT_FILES:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _group_label(group: list[SourceFile]) -> str:
+    return group[0].label if len(group) == 1 else f"{group[0].label} .. {group[-1].label} ({len(group)} files)"
+
+
 def unit_fingerprint(source: AnySource, unit: IngestUnit) -> str:
     """sha256 over the unit's input content: the cache key of its task and the manifest's record."""
     if isinstance(source, FilesSource):
         name = source_name(source)
-        if unit.location is not None:
-            return url_sha256(unit.location, name)
-        return _sha256_json([[f.label, url_sha256(f.url, name)] for f in expand(source)])
+        files = unit.files or expand(source)
+        if len(unit.files) == 1:
+            return url_sha256(unit.files[0].url, name)
+        return _sha256_json([[f.label, url_sha256(f.url, name)] for f in files])
     if isinstance(source, HubSource):
         return _hub_fingerprint(source)
     return _sha256_json([sys.version, python_docs.topics_and_modules()])
@@ -178,7 +204,7 @@ def _documents(source: AnySource, unit: IngestUnit) -> Iterator[Doc]:
         return python_docs.documents()
     if isinstance(source, HubSource):
         return hub.documents(source)
-    files = [SourceFile(unit.label, unit.location)] if unit.location is not None else expand(source)
+    files = unit.files or expand(source)
     return _chain(read_file(source, f) for f in files)
 
 

@@ -15,6 +15,8 @@ the same bytes.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import errno
 import hashlib
 import importlib.metadata
@@ -26,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +316,13 @@ def upload(staging: Path, target: str) -> str:
     tmp = f"{parent}/.{version}.staging-{uuid.uuid4().hex[:12]}"
     files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
     files.remove(MANIFEST)
+    with _claimed(fs, f"{parent}/.{version}.claim", target):
+        check_absent(target)  # published by another run before this one claimed it
+        _copy_into_place(fs, staging, files, tmp, path, target)
+    return target
+
+
+def _copy_into_place(fs, staging: Path, files: list[str], tmp: str, path: str, target: str) -> None:
     try:
         for rel in files:
             fs.put_file(str(staging / rel), f"{tmp}/{rel}")
@@ -320,12 +330,58 @@ def upload(staging: Path, target: str) -> str:
             fs.rm(path, recursive=True)
         for rel in files:
             fs.copy(f"{tmp}/{rel}", f"{path}/{rel}")
-        check_absent(target)  # published by someone else meanwhile: keep theirs
         fs.put_file(str(staging / MANIFEST), f"{path}/{MANIFEST}")
     finally:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
-    return target
+
+
+class PublishInProgress(CorpusmillError):
+    pass
+
+
+CLAIM_LEASE_SECONDS = 6 * 3600  # a claim older than this is of a run that died: taken over
+
+
+@contextlib.contextmanager
+def _claimed(fs, claim: str, target: str):
+    """Hold `claim`, created with the store's conditional write (S3's If-None-Match), while
+    publishing `target`: of two runs publishing one version at once, one gets it and the
+    other stops, before either copies a file into place."""
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "expires": time.time() + CLAIM_LEASE_SECONDS}
+    if not _create(fs, claim, holder):
+        other = _read_claim(fs, claim)
+        if other.get("expires", 0) > time.time():
+            until = datetime.datetime.fromtimestamp(other["expires"], datetime.timezone.utc).isoformat(timespec="seconds")
+            raise PublishInProgress(
+                f"another run (host {other.get('host')}, pid {other.get('pid')}) is publishing {target}; wait for it, "
+                f"then bump the version if it published. If that run died, its claim {claim} lapses at {until} "
+                f"(or delete the claim).")
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(claim)  # the lapsed claim of a run that died
+        if not _create(fs, claim, holder):
+            raise PublishInProgress(f"another run took over the lapsed claim {claim} on {target} first; wait for it.")
+    try:
+        yield
+    finally:
+        fs.rm(claim)
+
+
+def _create(fs, path: str, content: dict) -> bool:
+    """Write `path` only if it does not exist; False when it does."""
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(json.dumps(content).encode())
+    except FileExistsError:
+        return False
+    return True
+
+
+def _read_claim(fs, claim: str) -> dict:
+    try:
+        return json.loads(fs.cat_file(claim))
+    except (FileNotFoundError, ValueError):  # released meanwhile, or cut short: treat as lapsed
+        return {}
 
 
 def list_versions(root: str | Path, name: str) -> list[str]:

@@ -30,3 +30,31 @@ def corpora() -> Path:
     if not CORPORA.is_dir():
         pytest.skip(f"shared corpora not found at {CORPORA}; these tests need the project's ../shared folder")
     return CORPORA
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 and the environment that points s3fs at it; bucket S3_BUCKET."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    patch = pytest.MonkeyPatch()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        patch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    from helpers import S3_BUCKET
+
+    if not fs.exists(S3_BUCKET):  # moto's state is per process: a later module's server already has it
+        fs.mkdir(S3_BUCKET)
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    patch.undo()
+    server.stop()

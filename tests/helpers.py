@@ -33,6 +33,8 @@ def word_doc(rng: random.Random, n_words: int) -> str:
 # --- release rows and releases ----------------------------------------------------------------
 
 # The finalized rows the publish step reads: the release schema plus each row's split.
+S3_BUCKET = "corpusmill-test"  # the bucket of the `s3` fixture (conftest.py)
+
 FINAL = pa.schema(list(schema.RELEASE) + [pa.field("split", pa.string())])
 
 

@@ -9,37 +9,16 @@ import pytest
 import yaml
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-from helpers import release_row, word_doc, write_release  # noqa: E402
+from helpers import S3_BUCKET, release_row, word_doc, write_release  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from corpusmill.flows.cli import app  # noqa: E402
 from corpusmill.tasks import publish  # noqa: E402
 from corpusmill.tasks.verify import verify  # noqa: E402
 
-BUCKET = "corpusmill-test"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 and the environment that points s3fs at it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    patch = pytest.MonkeyPatch()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        patch.setenv(key, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    patch.undo()
-    server.stop()
+BUCKET = S3_BUCKET
 
 
 def test_upload_is_atomic_and_never_overwrites(s3, tmp_path, monkeypatch):

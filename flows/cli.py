@@ -18,7 +18,7 @@ import typer
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from corpusmill.tasks.errors import CorpusmillError  # noqa: E402
+from corpusmill.tasks.errors import CorpusmillError, out_of_room  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Validated, versioned, reproducible dataset releases for language-model training.")
@@ -32,11 +32,12 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
-    """Prefect logs a failed task or flow with its traceback. A CorpusmillError's message says
-    what to fix; its traceback is noise that reads like a crash, so its log line goes without."""
+    """Prefect logs a failed task or flow with its traceback. A user error's message says what
+    to fix (a CorpusmillError's, or a full or read-only disk's); its traceback is noise that
+    reads like a crash, so its log line goes without."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], CorpusmillError):
+        if record.exc_info and (isinstance(record.exc_info[1], CorpusmillError) or out_of_room(record.exc_info[1])):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -81,6 +82,7 @@ def run(
     from corpusmill.tasks.recipe import load_recipe
 
     _quiet_user_errors()
+    parsed = None
     try:
         parsed = load_recipe(recipe, set_ or [])
         check_absent(release_path(parsed.output.root, parsed.name, parsed.version))  # before the server starts
@@ -95,12 +97,13 @@ def run(
         _fail(str(e))
     except Exception as e:
         from corpusmill.flows.release import RETRIES
-        from corpusmill.tasks.errors import FULL_OR_READ_ONLY, is_transient
+        from corpusmill.tasks.errors import is_transient
 
-        if isinstance(e, OSError) and (e.errno in FULL_OR_READ_ONLY or isinstance(e, PermissionError)):
-            _fail(f"the run stopped: {e.strerror or e} at {e.filename or 'a file it was writing'}. Free space there or "
-                  f"fix its permissions, then rerun the same command: finished shards are cached in {work_dir} "
-                  f"and are not recomputed.")
+        if out_of_room(e):
+            where = e.filename or f"the work dir ({work_dir})" + (f" or the output root ({parsed.output.root})"
+                                                                  if parsed else "")
+            _fail(f"the run stopped: {e.strerror or e}, writing {where}. Free space there or fix its permissions, "
+                  f"then rerun the same command: finished shards are cached in {work_dir} and are not recomputed.")
         if is_transient(e):  # the storage or network failed and kept failing: not a bug, not bad input
             _fail(f"the run stopped on an I/O error that persisted after {RETRIES} retries: {type(e).__name__}: {e}. "
                   f"Check the storage or network it names, then rerun the same command: finished shards are "

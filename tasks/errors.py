@@ -26,6 +26,12 @@ PERMANENT_OS_ERRORS = (*MISSING_OR_FORBIDDEN, FileExistsError)
 FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
+def out_of_room(error: BaseException) -> bool:
+    """A disk that is full or read-only, or a path this user may not write: not bad input,
+    not a bug, and not worth a retry; the user frees space or fixes permissions."""
+    return isinstance(error, PermissionError) or getattr(error, "errno", None) in FULL_OR_READ_ONLY
+
+
 def transport_errors() -> tuple[type[BaseException], ...]:
     """The HTTP clients' connection errors, which are not OSErrors: httpx's, and httpx2's
     (which huggingface_hub 2 speaks)."""
@@ -38,7 +44,7 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 def is_transient(error: BaseException) -> bool:
     """Whether a rerun of the same work can get past `error`: the one place that decides what is retried."""
-    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)) or getattr(error, "errno", None) in FULL_OR_READ_ONLY:
+    if isinstance(error, (CorpusmillError, *PERMANENT_OS_ERRORS)) or out_of_room(error):
         return False
     # ConnectionError, TimeoutError, requests' errors, fsspec/s3fs I/O errors, a dropped Hub stream
     return isinstance(error, (OSError, TimeoutError, *transport_errors()))

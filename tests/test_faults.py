@@ -159,3 +159,52 @@ def test_two_runs_publishing_one_version_at_once(tmp_path, same_work_dir, settin
     assert json.loads((release / "manifest.json").read_text())["recipe"]["filters"]["min_tokens"] == (
         30 if winner.endswith("=30") else 8)
     assert not list(release.parent.glob(".*staging*"))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (root only): `mount(size, read_only)` returns its folder."""
+    mounted = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        folder = tmp_path / f"tmpfs-{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); these tests need root")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def user_error(code: int, out: str) -> str:
+    assert code == 1, out
+    assert "Traceback" not in out and "Please report" not in out, out
+    return out.split("error: ", 1)[-1].replace("\n", " ")
+
+
+def test_a_full_output_disk_stops_at_publish_with_one_paragraph_and_leaves_nothing(tmp_path, tmpfs):
+    recipe, root = make_recipe(tmp_path), tmpfs("200k")
+    code, out = finish(start(recipe, tmp_path / "work", f"output.root={root}"))
+    message = user_error(code, out)
+    assert "No space left on device" in message and "rerun the same command" in message
+    assert not list(root.rglob("manifest.json")) and not list(root.rglob(".*staging*"))
+
+
+def test_a_full_work_dir_is_not_retried_and_says_where(tmp_path, tmpfs):
+    recipe, work = make_recipe(tmp_path), tmpfs("64k")
+    started = time.monotonic()
+    code, out = finish(start(recipe, work))
+    assert "No space left on device" in user_error(code, out)
+    assert "Retry" not in out and time.monotonic() - started < 300  # 3 backoff retries would show
+
+
+def test_a_read_only_output_root_stops_before_any_work(tmp_path, tmpfs):
+    recipe, root = make_recipe(tmp_path), tmpfs("1m", read_only=True)
+    code, out = finish(start(recipe, tmp_path / "work", f"output.root={root}"))
+    assert "output.root" in user_error(code, out) and "cannot be written" in out
+    assert not (tmp_path / "work").exists()

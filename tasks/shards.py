@@ -87,12 +87,14 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
+def stream_sha256(handle) -> str:
+    """sha256 of an open binary file, local or fsspec's, read in blocks."""
+    return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return stream_sha256(f)
 
 
 def list_shards(directory: str | Path) -> list[Path]:

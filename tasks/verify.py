@@ -14,13 +14,13 @@ Three checks, each a list of problems (empty when the release is intact):
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from corpusmill.tasks.publish import fingerprint, read_manifest
+from corpusmill.tasks.shards import file_sha256, stream_sha256
 
 CHECKSUMS = "checksums.sha256"
 
@@ -28,7 +28,7 @@ CHECKSUMS = "checksums.sha256"
 def write_checksums(folder: Path) -> Path:
     """`folder/checksums.sha256` over every other file of the finished release folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    lines = [f"{_sha256(open(p, 'rb'))}  {p.relative_to(folder).as_posix()}\n" for p in files]
+    lines = [f"{file_sha256(p)}  {p.relative_to(folder).as_posix()}\n" for p in files]
     path = folder / CHECKSUMS
     path.write_text("".join(lines), encoding="utf-8")
     return path
@@ -42,12 +42,9 @@ def verify(release: Path | str) -> list[str]:
     return _data_files(fs, root, manifest) + _consistency(manifest) + _other_files(fs, root)
 
 
-def _sha256(handle) -> str:
-    digest = hashlib.sha256()
-    with handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _hash(fs, path: str) -> str:
+    with fs.open(path, "rb") as handle:
+        return stream_sha256(handle)
 
 
 def _data_files(fs, root: str, manifest: dict) -> list[str]:
@@ -56,7 +53,7 @@ def _data_files(fs, root: str, manifest: dict) -> list[str]:
         path = f"{root}/{f['path']}"
         if not fs.isfile(path):
             problems.append(f"{f['path']}: missing")
-        elif (digest := _sha256(fs.open(path, "rb"))) != f["sha256"]:
+        elif (digest := _hash(fs, path)) != f["sha256"]:
             problems.append(f"{f['path']}: sha256 {digest} does not match the manifest's {f['sha256']}")
         elif (rows := pq.ParquetFile(fs.open(path, "rb")).metadata.num_rows) != f["rows"]:
             problems.append(f"{f['path']}: holds {rows} rows, the manifest says {f['rows']}")
@@ -106,7 +103,7 @@ def _other_files(fs, root: str) -> list[str]:
     for name, digest in sorted(expected.items()):
         if not fs.isfile(f"{root}/{name}"):
             problems.append(f"{name}: missing")
-        elif (actual := _sha256(fs.open(f"{root}/{name}", "rb"))) != digest:
+        elif (actual := _hash(fs, f"{root}/{name}")) != digest:
             problems.append(f"{name}: sha256 {actual} does not match {CHECKSUMS}'s {digest}")
     present = {p[len(root) + 1:] for p in fs.find(root)}
     problems += [f"{name}: not listed in {CHECKSUMS}" for name in sorted(present - set(expected) - {CHECKSUMS})]

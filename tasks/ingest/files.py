@@ -9,7 +9,6 @@ object store) propagates as raised, so the flow retries the unit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import itertools
 import json
@@ -22,6 +21,7 @@ from fsspec.utils import infer_compression
 
 from corpusmill.tasks.ingest.compression import CODECS, READ_SIZE, decompressed
 from corpusmill.tasks.errors import MISSING_OR_FORBIDDEN
+from corpusmill.tasks.shards import stream_sha256
 from corpusmill.tasks.ingest.errors import IngestError, inaccessible
 from corpusmill.tasks.recipe import FilesSource, source_name
 
@@ -133,11 +133,8 @@ def url_sha256(url: str, source: str) -> str:
     with store_access(source, url):
         key = (url, json.dumps(fs.info(path), sort_keys=True, default=str))
         if key not in _hashes:
-            digest = hashlib.sha256()
             with fs.open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            _hashes[key] = digest.hexdigest()
+                _hashes[key] = stream_sha256(f)
     return _hashes[key]
 
 

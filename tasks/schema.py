@@ -40,8 +40,15 @@ PROVENANCE = [
     pa.field("sampling", SAMPLING),
 ]
 
-# After tokenize (and for synthetic rows after augment): token counts and provenance.
-TOKENIZED = pa.schema(list(INGEST) + [pa.field("n_tokens", pa.int32(), nullable=False)] + PROVENANCE)
+# Columns the filter steps set; null where no step measured them (no `language` step).
+LANGUAGE = [
+    pa.field("language", pa.string()),  # ISO 639-1 code of the most likely language
+    pa.field("language_score", pa.float32()),  # that language's probability
+]
+FILTER_COLUMNS = tuple(f.name for f in LANGUAGE)
+
+# After the filter stage (and for synthetic rows after augment): token counts, language, provenance.
+TOKENIZED = pa.schema(list(INGEST) + [pa.field("n_tokens", pa.int32(), nullable=False)] + LANGUAGE + PROVENANCE)
 
 # A published split file.
 RELEASE = pa.schema(list(TOKENIZED) + [pa.field("cluster_id", pa.string(), nullable=False)])

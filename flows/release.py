@@ -1,4 +1,4 @@
-"""The release flow: ingest -> tokenize -> augment -> dedup -> split -> validate -> publish.
+"""The release flow: ingest -> filter -> augment -> dedup -> split -> validate -> publish.
 
 Stages pass Parquet shard *paths* under `<work_dir>/<dataset>/<stage>/<address>/`, where
 the address names the stage's inputs and settings (`Stage.address`). Each stage is
@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from prefect.tasks import exponential_backoff
 
 from corpusmill.expectations.default import SuiteParams
 from corpusmill.flows import progress
-from corpusmill.tasks import augment, card, dedup, ingest, publish, schema, split, tokenize
+from corpusmill.tasks import augment, card, dedup, ingest, publish, safety, schema, split
+from corpusmill.tasks.filters import decontaminate
+from corpusmill.tasks.filters import stage as filtering
 from corpusmill.tasks.errors import CorpusmillError, is_transient
 from corpusmill.tasks.generation import generator_identity
 from corpusmill.tasks.models import resolve
@@ -71,7 +74,8 @@ def stage_task(stage: Stage, **options):
 
 
 ingest_unit = stage_task(ingest.STAGE)
-tokenize_shard = stage_task(tokenize.STAGE)
+filter_shard = stage_task(filtering.STAGE)
+index_eval_sets = stage_task(decontaminate.INDEX)
 augment_shard = stage_task(augment.STAGE, tags=["gpu"])
 signature_shard = stage_task(dedup.SIGNATURES)
 band_pairs = stage_task(dedup.BANDS)
@@ -93,6 +97,8 @@ class Build:
     base: Path
     reports: dict[str, dict] = field(default_factory=dict)
     quarantined: dict[Path, str] = field(default_factory=dict)  # this run's quarantine files -> their name
+    decontamination_index: Path | None = None  # the eval sets' n-gram index, when the recipe lists any
+    eval_sets: dict[str, dict] = field(default_factory=dict)  # each eval set's items and n-grams, from the index
 
     @property
     def cached(self) -> dict:
@@ -180,27 +186,44 @@ def _shard_step(b: Build, stage_task_, stage: Stage, in_path: Path, quarantine: 
     return out, b.submit(stage_task_, in_path=in_path, **settings, **outputs, **(callbacks or {}), wait_for=list(wait_for))
 
 
+def filter_steps(b: Build) -> tuple[list, Path | None]:
+    """The recipe's filter steps, with decontamination last when the recipe lists eval sets,
+    and the n-gram index of those eval sets (built once, before any shard is filtered)."""
+    recipe = b.recipe
+    if not recipe.decontaminate:
+        return list(recipe.filters), None
+    params = dict(evals=recipe.decontaminate)
+    b.decontamination_index = index = b.place(decontaminate.INDEX, **params) / "index.npz"
+    b.eval_sets = b.submit(index_eval_sets, **params, out_path=index).result()["evals"]
+    return [*recipe.filters, decontaminate.Decontaminate(step="decontaminate", evals=recipe.decontaminate)], index
+
+
 def per_shard(b: Build, shards: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Tokenize (+ augment, + signatures) each shard, chained so a shard moves on as soon as
+    """Filter (+ augment, + signatures) each shard, chained so a shard moves on as soon as
     it is ready; returns the text shards (originals, then synthetic) and their signature files."""
     recipe = b.recipe
-    tokenized = [_shard_step(b, tokenize_shard, tokenize.STAGE, s, "tokenize", tokenizer_ref=recipe.tokenizer,
-                             filters=recipe.filters) for s in shards]
-    steps = list(tokenized)
+    steps, index = filter_steps(b)
+    filtered = [_shard_step(b, filter_shard, filtering.STAGE, s, "filter", tokenizer_ref=recipe.tokenizer,
+                            steps=steps, decontamination_index=index) for s in shards]
+    outputs = list(filtered)
     if recipe.augment and recipe.augment.fraction > 0:
         progress.begin("generate", None)
+        # Generations are checkpointed by prompt and settings, outside the addressed folders,
+        # so changing a filter step refilters them instead of generating them again.
         augmented = [_shard_step(b, augment_shard, augment.STAGE, t, "augment", wait_for=[f],
                                  callbacks=progress.generation_callbacks(t.name), settings=recipe.augment,
-                                 seed=recipe.seed, tokenizer_ref=recipe.tokenizer, filters=recipe.filters)
-                     for t, f in tokenized]
-        steps += augmented
+                                 seed=recipe.seed, tokenizer_ref=recipe.tokenizer, steps=steps,
+                                 decontamination_index=index,
+                                 checkpoint_path=b.base / "generations" / f"{t.stem}.jsonl")
+                     for t, f in filtered]
+        outputs += augmented
     signatures = [_shard_step(b, signature_shard, dedup.SIGNATURES, p, wait_for=[f], settings=recipe.dedup)
-                  for p, f in steps]
-    _merged(b, "tokenize", _gather("tokenize", [f for _, f in tokenized]))
-    if len(steps) > len(tokenized):
-        _merged(b, "augment", _gather("augment", [f for _, f in steps[len(tokenized):]]))
+                  for p, f in outputs]
+    _merged(b, "filter", _gather("filter", [f for _, f in filtered]))
+    if len(outputs) > len(filtered):
+        _merged(b, "augment", _gather("augment", [f for _, f in outputs[len(filtered):]]))
     _gather("signatures", [f for _, f in signatures])
-    return [p for p, _ in steps], [p for p, _ in signatures]
+    return [p for p, _ in outputs], [p for p, _ in signatures]
 
 
 def dedup_stage(signature_paths: list[Path], text_paths: list[Path], base: Path, settings, cached: dict) -> tuple[dict, Path]:
@@ -268,6 +291,7 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     publish.check_absent(target)  # before hours of work, not after
     publish.check_writable(publish.release_path(recipe.output.root, recipe.name, ""), "output.root")
     publish.check_writable(work_dir, "--work-dir")
+    decontaminate.check_eval_sets(recipe.decontaminate)  # a missing or empty eval set, before any work
     b = Build(recipe, work_dir / recipe.name)
     previous = previous_release(b)
     shards, fingerprints = ingest_sources(b)
@@ -282,9 +306,9 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     staging = publish.new_staging(b.base if publish.is_remote(target) else target.parent, recipe.version)
     try:
         files, stats = write_release(recipe, final, staging, b.reports)
-        summary = validate(recipe, staging, files, b.base / "validation-failed")
+        summary = validate(recipe, staging, files, b.base / "validation-failed", b.decontamination_index)
         manifest = release_manifest(recipe, files, stats, b.reports, fingerprints, summary,
-                                    previous[1] if previous else None)
+                                    previous[1] if previous else None, b.eval_sets)
         commit_release(manifest, stats, b.reports["dedup"], staging, target)
     finally:
         publish.discard(staging)
@@ -312,11 +336,13 @@ def write_release(recipe: Recipe, final: list[Path], staging: Path, reports: dic
 
 
 @task(name="validate", retries=0)
-def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path) -> dict:
+def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path,
+             decontamination_index: Path | None) -> dict:
     """Run the Great Expectations suite over the staged splits; a failed critical expectation
     stops the release, with its report moved to `failed_dir`."""
     split_files = {s: [staging / f["path"] for f in files if f["split"] == s] for s in schema.SPLITS}
-    summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation")
+    summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation",
+                               decontamination_index)
     if not summary["success"]:
         publish.discard(failed_dir)
         (staging / "validation").rename(failed_dir)
@@ -326,9 +352,11 @@ def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path)
 
 
 def release_manifest(recipe: Recipe, files: list[dict], stats: dict, reports: dict, fingerprints: dict, summary: dict,
-                     parent: dict | None) -> dict:
+                     parent: dict | None, eval_sets: dict[str, dict] | None = None) -> dict:
     rows_out = sum(s.rows for s in stats.values())
     synthetic_out = sum(s.synthetic for s in stats.values())
+    accounting = publish.accounting(reports, rows_out, synthetic_out)
+    languages = sum((s.by_language for s in stats.values()), Counter())
     manifest = {
         "name": recipe.name,
         "version": recipe.version,
@@ -342,8 +370,9 @@ def release_manifest(recipe: Recipe, files: list[dict], stats: dict, reports: di
         **({"generator": generator_identity(recipe.augment)} if recipe.augment else {}),
         "files": files,
         "splits": {s: {"rows": st.rows, "tokens": st.tokens, "synthetic": st.synthetic} for s, st in stats.items()},
-        "accounting": publish.accounting(reports, rows_out, synthetic_out),
-        "stages": reports,
+        "accounting": accounting,
+        "data_safety": safety.data_safety(recipe.resolved(), reports, accounting, languages, eval_sets or {}),
+        "stages": safety.without_item_lists(reports),
         "validation": summary,
     }
     return {**manifest, "parent": parent} if parent else manifest

@@ -2,8 +2,8 @@
 
 Per shard: choose rows by a hash of (seed, id) -> give each one prompt template -> generate
 with `tasks.generation` (longest first under a token budget, continuously batched,
-checkpointed row by row; transformers, vLLM or an OpenAI-compatible endpoint) -> quality gates -> the tokenize
-stage's PII and length filters -> write the surviving synthetic rows with their provenance;
+checkpointed row by row; transformers, vLLM or an OpenAI-compatible endpoint) -> quality gates -> the
+recipe's filter steps, as on the source rows -> write the surviving synthetic rows with their provenance;
 every rejected generation goes to the quarantine with its reason. The synthetic share cap
 is applied later, across shards.
 
@@ -33,16 +33,18 @@ from corpusmill.tasks import schema
 from corpusmill.tasks.dedup import jaccard, shingles
 from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.generation import Generation, generate_all, generator_identity
-from corpusmill.tasks.models import load_tokenizer, resolve
-from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.models import resolve
+from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
 from corpusmill.tasks.stage import Stage
-from corpusmill.tasks.tokenize import filter_rows
+from corpusmill.tasks.filters import stage as filter_stage
+from corpusmill.tasks.filters.chain import apply_steps
+from corpusmill.tasks.filters.step import FilterStep
 
 NAME = "augment"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
-# Generated rows before the tokenize filters add `n_tokens`.
+# Generated rows before the filter steps add `n_tokens` and the language columns.
 CANDIDATE = pa.schema(list(schema.INGEST) + schema.PROVENANCE)
 
 
@@ -302,11 +304,12 @@ def run(
     settings: Augment,
     seed: int,
     tokenizer_ref: ModelRef,
-    filters: Filters,
+    steps: list[FilterStep],
     on_progress: Callable[[int], None] | None = None,
     checkpoint_path: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_generated: Callable[[int, int], None] | None = None,
+    decontamination_index: Path | None = None,
 ) -> dict:
     """Augment one tokenized shard: synthetic rows (TOKENIZED schema) to `out_path`, always
     written, even empty; rejected generations to `quarantine_path` when there are any.
@@ -331,9 +334,10 @@ def run(
 
     report = StageReport(NAME, rows_in=len(parents))
     candidates, dropped = _gate(parents, templates, outputs, settings, report)
-    # The same PII rule and token bounds as the originals, and the recipe tokenizer's counts.
-    kept, filtered, filter_report = filter_rows(
-        pa.Table.from_pylist(candidates, schema=CANDIDATE), load_tokenizer(tokenizer_ref), filters, stage=NAME
+    # The same filter steps as the originals: a paraphrase must pass what its source passed.
+    kept, filtered, filter_report = apply_steps(
+        pa.Table.from_pylist(candidates, schema=CANDIDATE), steps,
+        filter_stage.context(tokenizer_ref, decontamination_index), NAME, where=f"the generated rows of {Path(in_path).name}",
     )
     report.dropped.update(filter_report.dropped)
     dropped.extend(filtered)
@@ -409,10 +413,10 @@ def _write(kept: pa.Table, dropped: list[dict], out_path: Path, quarantine_path:
         Path(quarantine_path).unlink(missing_ok=True)
 
 
-def _identity(settings: Augment, tokenizer_ref: ModelRef, **_) -> dict:
+def _identity(settings: Augment, tokenizer_ref: ModelRef, steps: list[FilterStep], **_) -> dict:
     """The weights, tokenizer and template texts behind the parameters: a changed file regenerates."""
     return {"generator": generator_identity(settings), "tokenizer": resolve(tokenizer_ref).identity,
-            "prompts": [t.prompt_id for t in load_templates(settings.templates)]}
+            "prompts": [t.prompt_id for t in load_templates(settings.templates)], "steps": [s.identity() for s in steps]}
 
 
-STAGE = Stage(NAME, "2", run, inputs=("in_path",), label="{in_path.name}", identity=_identity)
+STAGE = Stage(NAME, "3", run, inputs=("in_path", "decontamination_index"), label="{in_path.name}", identity=_identity)

@@ -153,6 +153,7 @@ def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
         _sources(manifest),
         _splits(manifest, stats),
         _where_rows_went(manifest),
+        _data_safety(manifest, stats),
         _synthetic_data(manifest, stats),
         _deduplication(manifest, dedup_report),
         _validation(manifest),
@@ -243,6 +244,43 @@ def _where_rows_went(manifest: dict) -> list[str]:
     lines += _table(["stage", "reason", "rows dropped", "share of rows in"],
                     [[*key.split(".", 1), f"{n:,}", _share(n, rows_in)] for key, n in acc["dropped"].items()]
                     or [["-", "none", "0", "-"]], right_from=2)
+    return lines
+
+
+def _data_safety(manifest: dict, stats: dict) -> list[str]:
+    """What each curation control found and did (the manifest's `data_safety`)."""
+    safety = manifest.get("data_safety")
+    if not safety:
+        return []
+    total = _total_rows(stats)
+    lines = ["## Data safety", "",
+             "What the recipe's filter steps found in source and generated rows alike, and what they did. The "
+             "validation suite checks the release again with the same detectors.", ""]
+    lines += ["### Personal data", ""]
+    if safety["personal_data"] is None:
+        lines += ["No `pii` step: personal data was neither searched for nor removed."]
+    else:
+        lines += _table(["type", "action", "matches", "rows"],
+                        [[kind, f["action"], f"{f.get('found', 0):,}", f"{f.get('rows', 0):,}"]
+                         for kind, f in safety["personal_data"].items()] or [["-", "-", "0", "0"]], right_from=2)
+    lines += ["", "### Languages", ""]
+    lines += _table(["language", "rows", "share of rows"],
+                    [[lang, f"{n:,}", _share(n, total)] for lang, n in safety["languages"].items()])
+    lines += ["", "### Rows dropped by filter step and rule", ""]
+    drops = [[step, rule, f"{n:,}"] for step, rules in safety["filter_drops"].items() for rule, n in rules.items()]
+    lines += _table(["step", "rule", "rows dropped"], drops or [["-", "none", "0"]], right_from=2)
+    if safety.get("toxicity") is not None:
+        t = safety["toxicity"]
+        lines += ["", "### Toxicity", "",
+                  f"Word-list check: {t.get('judged', 0):,} rows judged, {t.get('flagged_rows', 0):,} with a listed "
+                  f"word, {t.get('dropped', 0):,} dropped over the recipe's share; {t.get('not_judged', 0):,} rows in "
+                  "languages the list does not cover were passed unjudged."]
+    if safety["contamination"]:
+        lines += ["", "### Evaluation-set contamination", ""]
+        lines += _table(["eval set", "policy", "rows dropped", "rows cut", "eval items found in training data"],
+                        [[name, c["policy"], f"{c['rows_dropped']:,}", f"{c['rows_cut']:,}",
+                          f"{c['items_found']:,} of {c['items_total']:,} ({_share(c['items_found'], c['items_total'])})"]
+                         for name, c in safety["contamination"].items()], right_from=2)
     return lines
 
 

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class SplitStats:
     by_source: dict = field(default_factory=lambda: defaultdict(
         lambda: {"rows": 0, "tokens": 0, "synthetic": 0, "synthetic_tokens": 0}))
     by_prompt: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "tokens": 0}))
+    by_language: Counter = field(default_factory=Counter)  # rows per `language` ("unknown" where not identified)
     token_counts: list = field(default_factory=list)
 
 
@@ -217,6 +218,8 @@ def _accumulate(stats: SplitStats, chunk) -> None:
     stats.synthetic += int(synthetic.sum())
     stats.token_counts.append(tokens)
     stats.synthetic_tokens += int(tokens[synthetic].sum())
+    languages = pc.value_counts(chunk.column("language").fill_null("unknown"))
+    stats.by_language.update(dict(zip(languages.field("values").to_pylist(), languages.field("counts").to_pylist())))
     for source, prompt, n_tok, syn in zip(chunk.column("source").to_pylist(), chunk.column("prompt_id").to_pylist(),
                                           tokens, synthetic):
         entry = stats.by_source[source]
@@ -261,7 +264,7 @@ def package_versions() -> dict[str, str]:
 def accounting(reports: dict[str, dict], rows_out: int, synthetic_out: int) -> dict:
     """rows_in + synthetic_in == rows_out + sum(dropped), or a RuntimeError (a bug, not bad input)."""
     dropped: dict[str, int] = defaultdict(int)
-    for stage in ("ingest", "tokenize", "augment", "dedup", "split"):
+    for stage in ("ingest", "filter", "augment", "dedup", "split"):
         for reason, n in reports.get(stage, {}).get("dropped", {}).items():
             dropped[f"{stage}.{reason}"] += n
     result = {

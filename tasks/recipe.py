@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.filters.decontaminate import EvalSet
+from corpusmill.tasks.filters.step import FilterStep
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$"
@@ -125,18 +127,51 @@ class ModelRef(Strict):
         return self
 
 
-class Filters(Strict):
-    min_tokens: int = Field(0, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    pii: Literal["redact", "drop", "keep"] = Field(
-        "redact", description="what to do with e-mail addresses and similar personal data"
-    )
+# The filters of recipes written before filter steps, and their equivalent: refused with the
+# translation rather than read, since the new `pii` step finds more kinds of personal data.
+LEGACY_FILTER_KEYS = ("min_tokens", "max_tokens", "pii")
+DEFAULT_FILTERS = ({"step": "pii", "action": "redact"},)
 
-    @model_validator(mode="after")
-    def _bounds(self) -> Filters:
-        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
-            raise ValueError("max_tokens must be >= min_tokens")
-        return self
+
+def _legacy_filters_message(old: dict) -> str:
+    tokens = {k: v for k, v in (("min", old.get("min_tokens")), ("max", old.get("max_tokens"))) if v is not None}
+    steps = [({"step": "tokens", **tokens}) if tokens else None, {"step": "pii", "action": old.get("pii", "redact")}]
+    listed = "".join(f"\n  - {yaml.safe_dump(s, default_flow_style=True, sort_keys=False).strip()}" for s in steps if s)
+    return ("now an ordered list of steps, not a mapping of min_tokens/max_tokens/pii. The equivalent of "
+            f"this recipe's filters is:\nfilters:{listed}\n(the pii step now also finds phone numbers, IP addresses, "
+            "IBANs, URL credentials and secrets; see docs/recipe.md, Filters)")
+
+
+def parse_filters(entries: Any) -> list:
+    """The recipe's `filters:` as FilterStep models, with errors that name the entry and its key."""
+    from corpusmill.tasks.filters import StepNotFound, parse_step  # the steps import this module's models
+
+    if isinstance(entries, dict):
+        raise ValueError(_legacy_filters_message(entries) if set(entries) & set(LEGACY_FILTER_KEYS)
+                         else "an ordered list of steps, such as [{step: tokens, min: 16}], not a mapping")
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError("an ordered list of steps, such as [{step: tokens, min: 16}]")
+    steps = []
+    for i, entry in enumerate(entries):
+        try:
+            steps.append(parse_step(entry))
+        except StepNotFound as e:
+            raise ValueError(f"entry {i}: {e}") from None
+        except ValidationError as e:
+            raise ValueError(f"entry {i} (step {entry.get('step')}): " + "; ".join(
+                _step_error(err, entry) for err in e.errors())) from None
+    return steps
+
+
+def _step_error(err: dict, entry: dict) -> str:
+    from corpusmill.tasks.filters import step_class
+
+    key = ".".join(str(p) for p in err["loc"]) or "(entry)"
+    if err["type"] == "extra_forbidden":
+        valid = sorted(set(step_class(str(entry["step"])).model_fields) - {"step"})
+        return f"{key}: unknown parameter; this step takes {valid}"
+    msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+    return msg if key == "(entry)" else f"{key}: {msg}"
 
 
 class QualityGates(Strict):
@@ -238,7 +273,12 @@ class Recipe(Strict):
     seed: int = 0
     sources: list[Source] = Field(min_length=1)
     tokenizer: ModelRef = ModelRef(gguf="smollm2")
-    filters: Filters = Filters()
+    filters: list[SerializeAsAny[FilterStep]] = Field(
+        default_factory=lambda: parse_filters(DEFAULT_FILTERS),
+        description="filter steps run in order on every source row and every generated row")
+    decontaminate: list[EvalSet] = Field(
+        default_factory=list, description="evaluation sets whose text must not be in the release; checked last, "
+                                          "after the filters, on source and generated rows")
     augment: Augment | None = None
     dedup: Dedup = Dedup()
     splits: Splits = Splits()
@@ -246,6 +286,20 @@ class Recipe(Strict):
     output: Output = Output()
     work_shard_rows: int = Field(5_000, ge=1, description="rows per intermediate Parquet shard")
     runner: Runner = Runner()
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _filter_steps(cls, entries: Any) -> list:
+        return parse_filters(entries)
+
+    @field_validator("decontaminate")
+    @classmethod
+    def _unique_eval_names(cls, evals: list[EvalSet]) -> list[EvalSet]:
+        names = [e.name for e in evals]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"eval set names must be unique; repeated: {dupes}")
+        return evals
 
     @field_validator("sources")
     @classmethod
@@ -322,6 +376,8 @@ def _explain(error: ValidationError, origin: str) -> str:
             msg = "dataset names use lowercase letters, digits, '.', '_' and '-' only (no '/' or '..')"
         elif e["type"] == "string_pattern_mismatch" and where == "version":
             msg = "version must be semantic, such as 1.0.0"
+        elif e["type"] == "value_error":
+            msg = str(e["ctx"]["error"])
         lines.append(f"{where}: {msg}")
     return f"recipe {origin} is invalid: " + "; ".join(lines) + "."
 

@@ -1,6 +1,6 @@
 """The shape every stage shares: a named, versioned `run` and what its output depends on.
 
-A stage module declares one `Stage` next to its code (`STAGE = Stage("tokenize", "1", run,
+A stage module declares one `Stage` next to its code (`STAGE = Stage("filter", "1", run,
 inputs=("in_path",), ...)`), and the flow turns it into a Prefect task with
 `flows.release.stage_task`. Its cache key is derived from the declaration, so no
 parameter exists only to change a key:
@@ -37,11 +37,16 @@ OUTPUTS = frozenset({"out_path", "out_dir", "quarantine_path", "checkpoint_path"
 
 
 def canonical(value: Any) -> Any:
-    """A JSON-ready form of a parameter: pydantic models and dataclasses as plain dicts."""
+    """A JSON-ready form of a parameter: pydantic models and dataclasses as plain dicts, also
+    inside lists and dicts (a list of filter steps)."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
     return value
 
 
@@ -50,7 +55,7 @@ class Stage:
     name: str
     version: str
     run: Callable[..., dict]
-    inputs: tuple[str, ...] = ()  # parameters naming input files (a path or a list of paths)
+    inputs: tuple[str, ...] = ()  # parameters naming input files (a path, a list of paths, or None)
     identity: Callable[..., dict] | None = None  # derived from the parameters; see the module docstring
     label: str | None = None  # task run name suffix, a format string over the parameters, e.g. "{in_path.name}"
 
@@ -68,7 +73,7 @@ class Stage:
             if callable(value):
                 continue
             if name in self.inputs and by_content:
-                for path in value if isinstance(value, (list, tuple)) else [value]:
+                for path in value if isinstance(value, (list, tuple)) else [value] if value is not None else []:
                     digest.update(f"{name}:{file_sha256(path)}".encode())
             else:
                 digest.update(f"{name}={json.dumps(canonical(value), sort_keys=True, default=str)}".encode())

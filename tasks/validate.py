@@ -1,7 +1,8 @@
 """Validate stage: run the Great Expectations suite over every split of a release.
 
 Each split is one batch checked by `expectations.default.split_suite`; a frame derived from
-all splits together is checked by `lineage_suite` (no id, cluster or parent in two splits).
+all splits together is checked by `lineage_suite` (no id, cluster or parent in two splits),
+and one of what the filters' own detectors still find in each row by `safety_suite`.
 GE runs in an ephemeral context whose only Data Docs site is `out_dir/data_docs`, so
 nothing is written outside `out_dir` and no GE project folder is created.
 """
@@ -28,11 +29,12 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from corpusmill.expectations.default import SUITE, SuiteParams, lineage_suite, split_suite
+from corpusmill.expectations.default import SUITE, SuiteParams, lineage_suite, safety_columns, safety_suite, split_suite
 from corpusmill.tasks import schema
 from corpusmill.tasks.datadocs import make_offline
 
 LINEAGE = "lineage"
+SAFETY = "safety"
 SAMPLE = 5  # unexpected values quoted per failure
 VALUE_CHARS = 60  # characters quoted per unexpected value (texts can be long)
 
@@ -78,6 +80,29 @@ def lineage_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         names = names.where(~member[split], names + "+" + split)
     out["splits"] = names.str.removeprefix("+")
     return out.reset_index()
+
+
+def safety_frame(frames: dict[str, pd.DataFrame], params: SuiteParams,
+                 decontamination_index: Path | None = None) -> pd.DataFrame:
+    """One row per release row (id, split) with a count column per `safety_columns`: the
+    personal data of each type and the n-grams of each eval set the filter steps' own
+    detectors still find in its text."""
+    parts = [pd.DataFrame({"id": df["id"], "split": split, "text": df["text"]})
+             for split, df in frames.items() if "id" in df.columns and "text" in df.columns]
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"id": [], "split": [], "text": []})
+    texts = rows.pop("text").tolist()
+    if params.personal_data:
+        from corpusmill.tasks.filters.pii import types_found
+
+        found = [set(f) for f in types_found(texts, params.pii_step)]
+        for kind in params.personal_data:
+            rows[f"personal_data.{kind}"] = [int(kind in f) for f in found]
+    if params.eval_sets:
+        from corpusmill.tasks.filters.decontaminate import count_hits
+
+        for name, hits in count_hits(texts, decontamination_index, params.eval_sets).items():
+            rows[f"eval_hits.{name}"] = hits
+    return rows
 
 
 def _context(docs_dir: Path):
@@ -143,7 +168,8 @@ def _finding(batch: str, expectation_result) -> dict:
     }
 
 
-def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, out_dir: Path) -> dict:
+def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, out_dir: Path,
+                     decontamination_index: Path | None = None) -> dict:
     """Validate the release's splits; write `out_dir/results.json` and `out_dir/data_docs/`.
 
     Returns the summary: success is False when any critical expectation failed.
@@ -158,6 +184,8 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     frames = {s: read_split([Path(p) for p in split_files[s]]) for s in schema.SPLITS if s in split_files}
     batches = {s: (df, split_suite(params, s, empty=len(df) == 0)) for s, df in frames.items()}
     batches[LINEAGE] = (lineage_frame(frames), lineage_suite())
+    if safety_columns(params):
+        batches[SAFETY] = (safety_frame(frames, params, decontamination_index), safety_suite(params))
 
     context = _context(docs_dir)
     source = context.data_sources.add_pandas("release")
@@ -170,7 +198,7 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
             gx.ValidationDefinition(name=batch, data=definition, suite=context.suites.add(suite))
         )
         # Name failing rows by their id (the lineage frame: by key and splits) in the report.
-        index_columns = ["key", "splits"] if batch == LINEAGE else [c for c in ("id",) if c in df.columns]
+        index_columns = ["key", "splits"] if batch == LINEAGE else [c for c in ("id", "split") if c in df.columns]
         # A checkpoint per batch: a checkpoint passes the same dataframe to all its validations.
         checkpoint = context.checkpoints.add(
             gx.Checkpoint(

@@ -27,7 +27,7 @@ from corpusmill.tasks.augment import (
 from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.generation import chat_prompts, row_seed
 from corpusmill.tasks.models import load_causal_lm, load_tokenizer, resolve
-from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
 from corpusmill.tasks.tokenize import filter_rows
 
@@ -268,7 +268,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         },
         schema=schema.INGEST,
     )
-    shard, _, _ = filter_rows(originals, tokenizer, Filters())
+    shard, _, _ = filter_rows(originals, tokenizer, [])
     in_path = write_table(shard, tmp_path / "tokenized" / "part-00000.parquet")
 
     settings = Augment(
@@ -281,7 +281,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
     )
     out_path, quarantine = tmp_path / "augment" / "part-00000.parquet", tmp_path / "q" / "part-00000.parquet"
     progress: list[int] = []
-    report = augment.run(in_path, out_path, quarantine, settings, 1234, SMOLLM2, Filters(), progress.append)
+    report = augment.run(in_path, out_path, quarantine, settings, 1234, SMOLLM2, [], progress.append)
 
     assert report["stage"] == "augment"
     assert report["extra"]["selected"] == report["rows_in"] == len(SENTENCES)
@@ -315,7 +315,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
 
     # Gates that nothing can pass: every candidate goes to the quarantine with its reason.
     strict = settings.model_copy(update={"gates": QualityGates(min_chars=10_000)})
-    report = augment.run(in_path, out_path, quarantine, strict, 1234, SMOLLM2, Filters())
+    report = augment.run(in_path, out_path, quarantine, strict, 1234, SMOLLM2, [])
     assert report["rows_out"] == 0 and sum(report["dropped"].values()) == len(SENTENCES)
     assert read_table(out_path).schema == schema.TOKENIZED and read_table(out_path).num_rows == 0
     dropped = read_table(quarantine)
@@ -329,11 +329,11 @@ def test_run_with_nothing_selected_writes_an_empty_shard_and_no_quarantine(tmp_p
     shard, _, _ = filter_rows(
         pa.table({"id": ["a"], "text": [SENTENCES[0]], "source": ["alice"], "license": ["public-domain"]}, schema=schema.INGEST),
         load_tokenizer(SMOLLM2),
-        Filters(),
+        [],
     )
     in_path = write_table(shard, tmp_path / "in.parquet")
     (tmp_path / "q.parquet").write_bytes(b"left by an earlier run")
-    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", Augment(fraction=0.0), 1, SMOLLM2, Filters())
+    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", Augment(fraction=0.0), 1, SMOLLM2, [])
     assert (report["rows_in"], report["rows_out"], report["dropped"]) == (0, 0, {})
     assert read_table(tmp_path / "out.parquet").schema == schema.TOKENIZED
     assert not (tmp_path / "q.parquet").exists()

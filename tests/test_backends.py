@@ -20,9 +20,10 @@ from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.generation import generator_identity, get_backend, settings_key
 from corpusmill.tasks.generation.openai import EndpointUnavailable
 from corpusmill.tasks.models import load_tokenizer
-from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.filters import StepContext
+from corpusmill.tasks.filters.chain import apply_steps
+from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
-from corpusmill.tasks.tokenize import filter_rows
 
 SOURCES = [
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.",
@@ -185,14 +186,14 @@ def test_checkpoints_are_keyed_on_the_augment_stage_version(tmp_path, monkeypatc
 
 
 def test_openai_backend_in_the_stage(tmp_path):
-    tok = load_tokenizer(ModelRef(gguf="smollm2"))
-    shard, _, _ = filter_rows(pa.table({"id": ["a", "b", "c"], "text": SOURCES, "source": ["alice"] * 3,
-                                        "license": ["public-domain"] * 3}, schema=schema.INGEST), tok, Filters())
+    shard, _, _ = apply_steps(pa.table({"id": ["a", "b", "c"], "text": SOURCES, "source": ["alice"] * 3,
+                                        "license": ["public-domain"] * 3}, schema=schema.INGEST), [],
+                              StepContext(tokenizer_ref=ModelRef(gguf="smollm2")), "filter")
     in_path = write_table(shard, tmp_path / "in.parquet")
     with Server() as server:
         s = settings(server.endpoint, fraction=1.0, gates=QualityGates(min_chars=5, min_length_ratio=0.05))
         report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", s, 1, ModelRef(gguf="smollm2"),
-                             Filters())
+                             [])
     assert report["rows_in"] == 3 and report["dropped"] == {"truncated": 1} and report["rows_out"] == 2
     rows = read_table(tmp_path / "out.parquet").to_pylist()
     assert {r["generator"] for r in rows} == {f"openai:canned-model@{server.endpoint}"}

@@ -42,7 +42,7 @@ version: 1.0.0
 sources:
   - {{kind: files, path: "part-*.txt", format: text, split_by: paragraph, license: CC0-1.0}}
 tokenizer: {{gguf: smollm2}}
-filters: {{min_tokens: 8}}
+filters: [{{step: tokens, min: 8}}]
 work_shard_rows: 100
 output: {{root: releases}}
 """)
@@ -140,7 +140,7 @@ def test_sigterm_stops_promptly_and_says_how_to_resume(tmp_path, reference):
     assert data_bytes(release_of(recipe)) == reference
 
 
-@pytest.mark.parametrize("same_work_dir, settings", [(False, ("filters.min_tokens=8", "filters.min_tokens=30")),
+@pytest.mark.parametrize("same_work_dir, settings", [(False, ("filters.0.min=8", "filters.0.min=30")),
                                                       (False, ("seed=0", "seed=0")),
                                                       (True, ("seed=0", "seed=0"))])
 def test_two_runs_publishing_one_version_at_once(tmp_path, same_work_dir, settings):
@@ -156,7 +156,7 @@ def test_two_runs_publishing_one_version_at_once(tmp_path, same_work_dir, settin
     release = release_of(recipe)
     assert verify(release) == []
     winner = next(s for (code, _), s in zip(results, settings) if code == 0)
-    assert json.loads((release / "manifest.json").read_text())["recipe"]["filters"]["min_tokens"] == (
+    assert json.loads((release / "manifest.json").read_text())["recipe"]["filters"][0]["min"] == (
         30 if winner.endswith("=30") else 8)
     assert not list(release.parent.glob(".*staging*"))
 

@@ -21,7 +21,8 @@ from corpusmill.tasks.generation.hf import (
     stop_token_ids,
 )
 from corpusmill.tasks.models import load_causal_lm, load_tokenizer
-from corpusmill.tasks.recipe import Augment, Filters, ModelRef, QualityGates
+from corpusmill.tasks.filters.tokens import TokenBounds
+from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
 from corpusmill.tasks.tokenize import filter_rows
 
@@ -244,15 +245,15 @@ def test_truncated_generations_are_quarantined(model, tmp_path):
     shard, _, _ = filter_rows(
         pa.table({"id": [f"a{i}" for i in range(3)], "text": SENTENCES[:3], "source": ["alice"] * 3,
                   "license": ["public-domain"] * 3}, schema=schema.INGEST),
-        load_tokenizer(SMOLLM2), Filters())
+        load_tokenizer(SMOLLM2), [])
     in_path = write_table(shard, tmp_path / "in.parquet")
     settings = Augment(fraction=1.0, max_new_tokens=6, gates=QualityGates(min_chars=1, min_length_ratio=0.01))
-    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", settings, 1, SMOLLM2, Filters())
+    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", settings, 1, SMOLLM2, [])
     assert report["dropped"] == {"truncated": 3} and report["rows_out"] == 0
     assert report["extra"]["finish_reasons"] == {"length": 3}
     assert set(read_table(tmp_path / "q.parquet").column("reason").to_pylist()) == {"truncated"}
     allowed = settings.model_copy(update={"gates": settings.gates.model_copy(update={"allow_truncated": True})})
-    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", allowed, 1, SMOLLM2, Filters())
+    report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", allowed, 1, SMOLLM2, [])
     assert "truncated" not in report["dropped"]
 
 
@@ -299,7 +300,7 @@ def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path
     shard, _, _ = filter_rows(
         pa.table({"id": [f"a{i}" for i in range(4)], "text": SENTENCES, "source": ["alice"] * 4,
                   "license": ["public-domain"] * 4}, schema=schema.INGEST),
-        load_tokenizer(SMOLLM2), Filters(min_tokens=1))
+        load_tokenizer(SMOLLM2), [TokenBounds(step="tokens", min=1)])
     in_path = write_table(shard, tmp_path / "in.parquet")
     # Sampling, so "the same text" means each row drew from the same seed, not just greedy.
     settings = Augment(fraction=1.0, max_new_tokens=12, batch_size=2, temperature=1.0, top_p=0.95,
@@ -313,25 +314,25 @@ def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path
 
     out, q = tmp_path / "augment" / "part-00000.parquet", tmp_path / "q.parquet"
     with pytest.raises(Crash):
-        augment.run(in_path, out, q, settings, 7, SMOLLM2, Filters(min_tokens=1), crash_after_first_rows)
+        augment.run(in_path, out, q, settings, 7, SMOLLM2, [TokenBounds(step="tokens", min=1)], crash_after_first_rows)
     checkpoint = tmp_path / "augment" / "checkpoints" / "part-00000.jsonl"
     [finished] = finished_before_crash
     assert 1 <= finished < 4
     assert len(checkpoint.read_text(encoding="utf-8").splitlines()) == finished  # the rows that ended, nothing more
     assert not out.exists()
 
-    resumed = augment.run(in_path, out, q, settings, 7, SMOLLM2, Filters(min_tokens=1))
+    resumed = augment.run(in_path, out, q, settings, 7, SMOLLM2, [TokenBounds(step="tokens", min=1)])
     assert resumed["extra"]["reused"] == finished and resumed["rows_in"] == 4
     resumed_rows = read_table(out).to_pylist()
 
     fresh_out = tmp_path / "fresh" / "part-00000.parquet"
-    fresh = augment.run(in_path, fresh_out, tmp_path / "fq.parquet", settings, 7, SMOLLM2, Filters(min_tokens=1))
+    fresh = augment.run(in_path, fresh_out, tmp_path / "fq.parquet", settings, 7, SMOLLM2, [TokenBounds(step="tokens", min=1)])
     assert fresh["extra"]["reused"] == 0
     assert read_table(fresh_out).to_pylist() == resumed_rows  # same text as a run that never crashed
 
     # Changing only a gate regenerates nothing.
     stricter = settings.model_copy(update={"gates": settings.gates.model_copy(update={"min_chars": 5})})
-    again = augment.run(in_path, out, q, stricter, 7, SMOLLM2, Filters(min_tokens=1))
+    again = augment.run(in_path, out, q, stricter, 7, SMOLLM2, [TokenBounds(step="tokens", min=1)])
     assert again["extra"]["reused"] == 4 and again["extra"]["new_tokens"] == 0
 
 

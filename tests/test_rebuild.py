@@ -54,7 +54,7 @@ def test_rebuild_is_byte_identical_and_names_changed_inputs(tmp_path):
     (inputs / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[30:]))
     recipe = {"name": "rb", "version": "1.0.0", "seed": 2,
               "sources": [{"kind": "files", "name": "docs", "path": str(inputs / "*.jsonl"), "license": "CC0-1.0"}],
-              "filters": {"min_tokens": 4}, "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
+              "filters": [{"step": "tokens", "min": 4}], "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
               "output": {"root": str(tmp_path / "releases"), "shard_rows": 10}, "work_shard_rows": 17}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     with prefect_test_harness(server_startup_timeout=60):

@@ -11,7 +11,9 @@ import pytest
 from helpers import split_row, suite_params, synthetic_row, valid_rows, write_split_files
 
 from corpusmill.expectations.default import SuiteParams, lineage_suite, split_suite
-from corpusmill.tasks import pii, schema
+from corpusmill.tasks import schema
+from corpusmill.tasks.filters import parse_step
+from corpusmill.tasks.filters.pii import TYPES as PII_TYPES
 from corpusmill.tasks.recipe import parse_recipe
 from corpusmill.tasks.validate import format_failures, lineage_frame, validate_release
 
@@ -209,34 +211,68 @@ def test_repeated_cluster_within_a_split_is_a_warning(tmp_path):
     assert summary["failed"] == 1
 
 
-# Text each personal-data pattern of tasks.pii must catch.
+# Personal data of each kind the pii step removes, as a row might still hold it.
 PII_EXAMPLES = {
     "email": "Write to jane.doe@example.org for a copy.",
-    "us_ssn": "Her number was 078-05-1120 on the form.",
+    "us_ssn": "Her social security number was 078-05-1120 on the form.",
     "credit_card": "She paid with 4111 1111 1111 1111 at the door.",
+    "phone": "Call +44 20 7946 0958 after six.",
 }
 # Numbers and dotted names as documentation and books hold them: not personal data.
 NOT_PII = ("Call os.path.join in Python 3.11.7 (section 12-3 of RFC 5322, ISBN 978-0-14-143976-1), "
-           "phone extension 555-0100, on 2024-01-15 at 10:30.")
+           "on 2024-01-15 at 10:30, from 127.0.0.1.")
 
 
-def test_each_personal_data_pattern_fails_the_release_and_plain_numbers_pass(tmp_path):
-    assert set(PII_EXAMPLES) == set(pii.PATTERNS), "every pattern of tasks.pii needs an example here"
+def test_personal_data_left_in_a_release_fails_it_by_type_and_row(tmp_path):
+    pii = parse_step({"step": "pii", "action": "redact", "actions": {"ip_address": "keep"}})
+    params = SuiteParams(4, 100, 0.3, personal_data=tuple(t for t in PII_TYPES if t != "ip_address"), pii_step=pii)
     rows = valid_rows()
     planted = {}
     for k, (name, example) in enumerate(PII_EXAMPLES.items()):
         rows["test"][k]["text"] += " " + example
         planted[name] = rows["test"][k]["id"]
     rows["train"][0]["text"] += " " + NOT_PII
-    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
+    rows["train"][1]["text"] += " Served from 8.8.8.8."  # a public address, but the recipe keeps addresses
+    summary = validate_release(write_split_files(tmp_path, rows), params, tmp_path / "validation")
 
-    assert summary["per_batch"]["train"]["success"] is True, format_failures(summary)
-    found = [f for f in summary["critical_failures"] if f["expectation"] == "expect_column_values_to_not_match_regex"]
-    assert len(found) == len(PII_EXAMPLES), found
+    assert summary["per_batch"]["safety"] == {"rows": 30, "success": False}
+    failed = {f["column"]: f for f in summary["critical_failures"]}
+    assert set(failed) == {f"personal_data.{name}" for name in PII_EXAMPLES}, failed
     for name, row_id in planted.items():
-        (hit,) = [f for f in found if f"the '{name}' pattern" in f["why"]]
-        assert hit["batch"] == "test" and hit["observed"].startswith("1 unexpected") and row_id in hit["observed"]
-    assert "[test] expect_column_values_to_not_match_regex on column text" in format_failures(summary)
+        hit = failed[f"personal_data.{name}"]
+        assert hit["batch"] == "safety" and hit["observed"].startswith("1 unexpected") and row_id in hit["observed"]
+        assert f"no '{name}' personal data may be left" in hit["why"]
+    assert "[safety] expect_column_values_to_be_between on column personal_data.email" in format_failures(summary)
+
+
+def test_languages_outside_the_recipe_fail_the_release(tmp_path):
+    params = SuiteParams(4, 100, 0.3, languages=("en",), min_language_score=0.65)
+    rows = valid_rows()
+    for split in rows.values():
+        for row in split:
+            row.update(language="en", language_score=0.9)
+    rows["train"][2].update(language="de", language_score=0.99)
+    rows["validation"][0]["language_score"] = 0.5
+    summary = validate_release(write_split_files(tmp_path, rows), params, tmp_path / "validation")
+    failed = {(f["batch"], f["column"]): f for f in summary["critical_failures"]}
+    assert set(failed) == {("train", "language"), ("validation", "language_score")}
+    assert "train-002" in failed[("train", "language")]["observed"]
+
+
+def test_a_decontaminated_eval_set_left_in_a_release_fails_it(tmp_path):
+    from corpusmill.tasks.filters.decontaminate import EvalSet, build_index
+
+    item = "the quick brown fox jumps over the lazy dog while the farmer sleeps in the warm afternoon sun"
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"text": item}) + "\n")
+    index = tmp_path / "index.npz"
+    build_index([EvalSet(name="fables", path=str(tmp_path / "eval.jsonl"))], index)
+    rows = valid_rows()
+    rows["validation"][1]["text"] += " " + item.upper()
+    params = SuiteParams(4, 100, 0.3, eval_sets=("fables",))
+    summary = validate_release(write_split_files(tmp_path, rows), params, tmp_path / "validation", index)
+    (failure,) = summary["critical_failures"]
+    assert (failure["batch"], failure["column"]) == ("safety", "eval_hits.fables")
+    assert "validation-001" in failure["observed"]
 
 
 def test_every_expectation_says_why_and_empty_splits_check_only_the_schema():
@@ -269,7 +305,7 @@ def test_params_from_recipe():
         "name": "demo",
         "version": "1.0.0",
         "sources": [{"kind": "python-docs"}],
-        "filters": {"min_tokens": 8, "max_tokens": 512},
+        "filters": [{"step": "tokens", "min": 8, "max": 512}],
     }
     assert SuiteParams.from_recipe(parse_recipe(base)) == SuiteParams(8, 512, 1.0)
     with_augment = parse_recipe({**base, "augment": {"max_synthetic_share": 0.25}})

@@ -26,8 +26,8 @@ class TokenBounds(FilterStep):
     """Drops rows with fewer than `min` or more than `max` tokens; sets `n_tokens`."""
 
     NAME = "tokens"
-    min: int = Field(0, ge=0)
-    max: int | None = Field(None, ge=1)
+    min: int = Field(0, ge=0, description="fewest tokens a row may have")
+    max: int | None = Field(None, ge=1, description="most tokens a row may have; null: no bound")
 
     @model_validator(mode="after")
     def _bounds(self) -> TokenBounds:

@@ -71,17 +71,16 @@ class Span:
 
 # A number right after one of these words is an identifier, not personal data: "ISBN 0-14-143951-3",
 # "HP part no 33471-90901".
-_IDENTIFIER_WORDS = ("isbn|issn|ismn|doi|arxiv|pmid|pmcid|oclc|lccn|ean|upc|gtin|asin|patent|part|model|serial|"
-                     "catalog|catalogue|cat|item|ref")
+_IDENTIFIER_WORDS = ("isbn|issn|ismn|doi|arxiv|pmid|pmcid|oclc|lccn|ean|upc|gtin|asin|patent|"
+                     r"(?:part|model|serial|catalog|catalogue|cat|item|ref)\.?\s*(?:no|nr|number|#)")
 # Dotted numbers after these are versions or numbering: "version 1.2.3.4", "section 4.1.2.3".
 _NUMBERING_WORDS = ("version|ver|v|release|build|rev|revision|section|sec|chapter|ch|figure|fig|table|page|pages|p|pp|"
-                    "line|lines|vol|volume|verse|art|article|no|step|rule|clause")
+                    "line|lines|vol|volume|verse|art|article|step|rule|clause")
 _CONTEXT_CHARS = 24
 
 
 def _word_before(words: str) -> re.Pattern:
-    return re.compile(rf"(?:\b(?:{words})(?:-?1[03])?(?:\s*(?:no|nr|number)\b)?[\s.:#]*|§\s*)\Z",
-                      re.ASCII | re.IGNORECASE)
+    return re.compile(rf"(?:\b(?:{words})(?:-?1[03])?[\s.:#]*|§\s*)\Z", re.ASCII | re.IGNORECASE)
 
 
 _AFTER_IDENTIFIER = _word_before(_IDENTIFIER_WORDS)
@@ -109,9 +108,10 @@ def _emails(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
 # An optional +CC and (area code), then digit groups joined by single separators.
 _PHONE = re.compile(
     r"(?<![\w+/.,-])(?P<prefix>\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,5}\)[ .-]?)?|\([0-9]{1,5}\)[ .-]?)?"
-    r"(?P<body>[0-9]++(?:[ .-][0-9]++){0,7}+)(?![\w/]|[.,-][0-9])",
+    r"(?P<body>[0-9]++(?:[ .-][0-9]++){0,7}+)",
     re.ASCII,
 )
+_NUMBER_ENDS = re.compile(r"(?![\w/]|[.,-][0-9])", re.ASCII)  # not "12th", "3/4" or "1.5"
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _DATE = re.compile(r"[0-9]{1,4}([./-])[0-9]{1,2}\1[0-9]{1,4}", re.ASCII)
 _NON_DIGIT = re.compile(r"[^0-9]", re.ASCII)
@@ -127,14 +127,15 @@ def _phones(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
         groups = [g.span() for g in _DIGITS.finditer(text, m.start("body"), m.end("body"))]
         for first, last in _phone_runs(text, groups, mixed=bool(prefix)):
             # an unrelated number may sit right before or after a phone ("1950 - 53 01 23 45 67 45",
-            # "0123 2 times"): also try without the first group, and shortened from the right
+            # "0123 2 times", "0123 12th"): also try without the first group, and shortened from the right
             begins = [first] if prefix else range(first, min(first + 2, last))
             for begin, end in ((b, e) for b in begins for e in range(last, b, -1)):
-                start = m.start() if prefix else groups[begin][0]
-                candidate = text[start : groups[end - 1][1]]
-                if (prefix or not _DATE.fullmatch(candidate)) and _valid_phone(
-                        candidate, prefix.startswith("+"), step.phone_regions):
-                    yield start, groups[end - 1][1]
+                start, stop = (m.start() if prefix else groups[begin][0]), groups[end - 1][1]
+                candidate = text[start:stop]
+                if not _NUMBER_ENDS.match(text, stop) or (not prefix and _DATE.fullmatch(candidate)):
+                    continue
+                if _valid_phone(candidate, prefix.startswith("+"), step.phone_regions):
+                    yield start, stop
                     break
 
 
@@ -311,21 +312,28 @@ _AWS_SECRET = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 # A secret-sounding key assigned a value: `api_key = "..."`, `"password": "..."`, `TOKEN=...`.
+_SECRET_KEYS = (r"api_?key|auth_?key|service_?key|account_?key|db_?key|database_?key|priv_?key|private_?key|"
+                r"client_?key|db_?pass|database_?pass|key_?pass|password|passwd|pwd|secret|token|contrase(?:ñ|n)a")
+_ASSIGNS = r"[A-Za-z0-9_]*['\"\]]{0,2}[ \t]*(?::=|[:=]{1,3}|!==?|=>)[ \t]*"
 _ASSIGNMENT = re.compile(
-    r"(?:api_?key|auth_?key|service_?key|account_?key|db_?key|database_?key|priv_?key|private_?key|client_?key|"
-    r"db_?pass|database_?pass|key_?pass|password|passwd|pwd|secret|token|contrase(?:ñ|n)a)[A-Za-z0-9_]*"
-    r"['\"\]]{0,2}[ \t]*(?::=|[:=]{1,3}|!==?|=>)[ \t]*(?P<quote>['\"`]?)(?P<value>[A-Za-z0-9+/=_-]++)(?P=quote)",
+    rf"(?:{_SECRET_KEYS}){_ASSIGNS}(?P<quote>['\"`]?)(?P<value>[A-Za-z0-9+/=_-]++)(?P=quote)",
     re.ASCII | re.IGNORECASE,
 )
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
-def _secrets(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
+def _secret_tokens(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
     for m in _TOKENS.finditer(text):
         if m["jwt"] is None or _formally_valid_jwt(m["jwt"]):
             yield m.span()
+
+
+def _aws_secret_keys(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
     for m in _AWS_SECRET.finditer(text):
         yield m.span("value")
+
+
+def _assigned_secrets(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
     for m in _ASSIGNMENT.finditer(text):
         value = m["value"]
         if len(value) >= step.secret_min_length and _high_entropy(value, step):
@@ -361,19 +369,20 @@ class Detector:
     find: Callable[[str, PersonalData], Iterator[tuple[int, int]]]
 
 
-_DIGIT_RUN = r"[0-9](?:[ .()-]{0,2}[0-9]){6}"  # 7 digits in a phone, card or SSN
+_DIGIT_RUN = r"[0-9](?:[ .()-]{0,2}[0-9]){6}"  # 7 digits in a phone
 DETECTORS: tuple[Detector, ...] = (
-    Detector("email", r"[A-Za-z0-9._%+-]@[A-Za-z0-9]", _emails),
+    Detector("email", r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+\.[A-Za-z0-9.-]*[A-Za-z]{2}", _emails),
     Detector("phone", _DIGIT_RUN, _phones),
     Detector("ip_address", r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[23][0-9A-Fa-f]{3}:[0-9A-Fa-f]{0,4}:", _ip_addresses),
-    Detector("iban", r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]", _ibans),
-    Detector("credit_card", _DIGIT_RUN, _credit_cards),
+    Detector("iban", r"[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11}| [A-Z0-9]{4} [A-Z0-9]{4})", _ibans),
+    Detector("credit_card", r"[0-9]{13}|[0-9]{4}[ -][0-9]{3,6}[ -][0-9]", _credit_cards),
     Detector("us_ssn", r"[0-9]{3}-[0-9]{2}-[0-9]{4}", _us_ssns),
     Detector("url_credentials", r"://[^\s:@/?#]+:[^\s:@/?#]+@", _url_credentials),
     Detector("secret", r"-{4,5} ?BEGIN [A-Z0-9 ]*PRIVATE KEY|PuTTY-User-Key-File-|A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA|"
-                       r"gh[opusr]_|github_pat_|(?i:xox[aboprs]-|hooks\.slack\.com/)|eyJ[A-Za-z0-9_-]+\.|"
-                       r"(?i:key|pass|pwd|secret|token|contrase(?:ñ|n)a)[A-Za-z0-9_]*['\"\]]{0,2}[ \t]*[:=!]|(?i:aws)",
-             _secrets),
+                       r"gh[opusr]_|github_pat_|(?i:xox[aboprs]-|hooks\.slack\.com/)|eyJ[A-Za-z0-9_-]+\.", _secret_tokens),
+    Detector("secret", r"(?i:aws).{0,50}[0-9a-zA-Z/+]{40}", _aws_secret_keys),
+    # secret_min_length is at least 8
+    Detector("secret", rf"(?i:(?:{_SECRET_KEYS}){_ASSIGNS}['\"`]?[A-Za-z0-9+/=_-]{{8}})", _assigned_secrets),
 )
 _ANY = "|".join(f"(?:{d.prefilter})" for d in DETECTORS)
 

@@ -13,10 +13,11 @@ rules, detect-secrets' token formats and entropy limits. The validation suite ca
 `find_types` / `types_found`, which run these same detectors, so what the step leaves
 and what validation looks for cannot disagree.
 
-Books and documentation are full of numbers that look like personal data: a number
-right after ISBN, DOI, version, section, page and the like is never personal data here;
-dates, version strings and private or documentation address ranges are rejected by the
-detectors themselves.
+Books and documentation are full of numbers that look like personal data. A number right
+after ISBN, DOI, "part no" and the like is not a phone, card or SSN; a dotted number after
+version, section, chapter, page and the like is not an IP address; a bare run of digits
+(2147483647) is not a national phone number; dates, Luhn or checksum failures, never-issued
+SSNs and private or documentation address ranges are rejected by the detectors themselves.
 """
 
 from __future__ import annotations
@@ -379,7 +380,8 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("us_ssn", r"[0-9]{3}-[0-9]{2}-[0-9]{4}", _us_ssns),
     Detector("url_credentials", r"://[^\s:@/?#]+:[^\s:@/?#]+@", _url_credentials),
     Detector("secret", r"-{4,5} ?BEGIN [A-Z0-9 ]*PRIVATE KEY|PuTTY-User-Key-File-|A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA|"
-                       r"gh[opusr]_|github_pat_|(?i:xox[aboprs]-|hooks\.slack\.com/)|eyJ[A-Za-z0-9_-]+\.", _secret_tokens),
+                       r"gh[opusr]_|github_pat_|(?i:xox[aboprs]-|hooks\.slack\.com/)|eyJ[A-Za-z0-9_-]+\.",
+             _secret_tokens),
     Detector("secret", r"(?i:aws).{0,50}[0-9a-zA-Z/+]{40}", _aws_secret_keys),
     # secret_min_length is at least 8
     Detector("secret", rf"(?i:(?:{_SECRET_KEYS}){_ASSIGNS}['\"`]?[A-Za-z0-9+/=_-]{{8}})", _assigned_secrets),
@@ -473,8 +475,8 @@ class PersonalData(FilterStep):
                                                  "or keep it unchanged (still counted).")
     actions: dict[PiiType, Action] = Field(default_factory=dict,
                                            description="Per-type overrides of `action`, e.g. {phone: drop}.")
-    phone_regions: list[str] = Field(
-        ["US", "GB", "DE", "FR", "AU"],
+    phone_regions: tuple[str, ...] = Field(
+        ("US", "GB", "DE", "FR", "AU"),
         description="Regions whose national phone formats are recognised (US covers all of North America). "
                     "Numbers written with +country code are recognised for every region. Written without it, "
                     "a number must carry the region's trunk prefix (0 in GB, DE, FR, AU) to count.")
@@ -488,7 +490,7 @@ class PersonalData(FilterStep):
 
     @field_validator("phone_regions")
     @classmethod
-    def _known_regions(cls, regions: list[str]) -> list[str]:
+    def _known_regions(cls, regions: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
         if unknown:
             raise ValueError(f"unknown phone regions {unknown}: use ISO 3166 two-letter codes in capitals, "

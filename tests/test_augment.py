@@ -29,7 +29,8 @@ from corpusmill.tasks.generation import chat_prompts, row_seed
 from corpusmill.tasks.models import load_causal_lm, load_tokenizer, resolve
 from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
-from corpusmill.tasks.tokenize import filter_rows
+from corpusmill.tasks.filters import StepContext
+from corpusmill.tasks.filters.chain import apply_steps
 
 SMOLLM2 = ModelRef(gguf="smollm2")
 GATES = QualityGates()
@@ -268,7 +269,7 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         },
         schema=schema.INGEST,
     )
-    shard, _, _ = filter_rows(originals, tokenizer, [])
+    shard, _, _ = apply_steps(originals, [], StepContext(tokenizer_ref=SMOLLM2), "filter")
     in_path = write_table(shard, tmp_path / "tokenized" / "part-00000.parquet")
 
     settings = Augment(
@@ -326,10 +327,9 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
 
 
 def test_run_with_nothing_selected_writes_an_empty_shard_and_no_quarantine(tmp_path):
-    shard, _, _ = filter_rows(
+    shard, _, _ = apply_steps(
         pa.table({"id": ["a"], "text": [SENTENCES[0]], "source": ["alice"], "license": ["public-domain"]}, schema=schema.INGEST),
-        load_tokenizer(SMOLLM2),
-        [],
+        [], StepContext(tokenizer_ref=SMOLLM2), "filter",
     )
     in_path = write_table(shard, tmp_path / "in.parquet")
     (tmp_path / "q.parquet").write_bytes(b"left by an earlier run")

@@ -24,7 +24,8 @@ from corpusmill.tasks.models import load_causal_lm, load_tokenizer
 from corpusmill.tasks.filters.tokens import TokenBounds
 from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table
-from corpusmill.tasks.tokenize import filter_rows
+from corpusmill.tasks.filters import StepContext
+from corpusmill.tasks.filters.chain import apply_steps
 
 SMOLLM2 = ModelRef(gguf="smollm2")
 
@@ -242,10 +243,10 @@ def test_top_p_keeps_the_nucleus_and_seeds_make_draws_repeatable():
 
 
 def test_truncated_generations_are_quarantined(model, tmp_path):
-    shard, _, _ = filter_rows(
+    shard, _, _ = apply_steps(
         pa.table({"id": [f"a{i}" for i in range(3)], "text": SENTENCES[:3], "source": ["alice"] * 3,
                   "license": ["public-domain"] * 3}, schema=schema.INGEST),
-        load_tokenizer(SMOLLM2), [])
+        [], StepContext(tokenizer_ref=SMOLLM2), "filter")
     in_path = write_table(shard, tmp_path / "in.parquet")
     settings = Augment(fraction=1.0, max_new_tokens=6, gates=QualityGates(min_chars=1, min_length_ratio=0.01))
     report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", settings, 1, SMOLLM2, [])
@@ -297,10 +298,10 @@ def test_a_failed_consumer_releases_the_generation_lock(model):
 
 
 def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path):
-    shard, _, _ = filter_rows(
+    shard, _, _ = apply_steps(
         pa.table({"id": [f"a{i}" for i in range(4)], "text": SENTENCES, "source": ["alice"] * 4,
                   "license": ["public-domain"] * 4}, schema=schema.INGEST),
-        load_tokenizer(SMOLLM2), [TokenBounds(step="tokens", min=1)])
+        [TokenBounds(step="tokens", min=1)], StepContext(tokenizer_ref=SMOLLM2), "filter")
     in_path = write_table(shard, tmp_path / "in.parquet")
     # Sampling, so "the same text" means each row drew from the same seed, not just greedy.
     settings = Augment(fraction=1.0, max_new_tokens=12, batch_size=2, temperature=1.0, top_p=0.95,

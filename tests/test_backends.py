@@ -19,7 +19,6 @@ from corpusmill.tasks.augment import generate_detailed, load_templates
 from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.generation import generator_identity, get_backend, settings_key
 from corpusmill.tasks.generation.openai import EndpointUnavailable
-from corpusmill.tasks.models import load_tokenizer
 from corpusmill.tasks.filters import StepContext
 from corpusmill.tasks.filters.chain import apply_steps
 from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates

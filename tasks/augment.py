@@ -377,7 +377,8 @@ def _gate(
     """(candidate rows with their provenance, rejected rows for the quarantine): each
     generation through the quality gates; rejections are counted in `report`."""
     generator = generator_identity(settings)
-    sampling = settings.model_dump(include={"backend", "temperature", "top_p", "max_new_tokens", "stop"})
+    sampling = settings.model_dump(include={"backend", "temperature", "top_p", "repetition_penalty", "no_repeat_ngram_size",
+                                            "max_new_tokens", "stop"})
     candidates, dropped = [], []
     for parent, template, generation in zip(parents, templates, outputs):
         row = {
@@ -419,4 +420,4 @@ def _identity(settings: Augment, tokenizer_ref: ModelRef, steps: list[FilterStep
             "prompts": [t.prompt_id for t in load_templates(settings.templates)], "steps": [s.identity() for s in steps]}
 
 
-STAGE = Stage(NAME, "3", run, inputs=("in_path", "decontamination_index"), label="{in_path.name}", identity=_identity)
+STAGE = Stage(NAME, "4", run, inputs=("in_path", "decontamination_index"), label="{in_path.name}", identity=_identity)

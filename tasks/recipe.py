@@ -208,6 +208,14 @@ class Augment(Strict):
     stop: list[str] = Field(default_factory=list, description="stop sequences: generation ends before the first one")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="penalty on every token already in the prompt or output, as transformers and vLLM "
+                               "apply it; above 1 discourages repeats, 1.0 is off"
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="no token n-gram of this size occurs twice in one generated text (the prompt's n-grams "
+                             "stay allowed); 0 is off"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     endpoint: str | None = Field(None, description="backend openai: the API base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="backend openai: environment variable with the API key")

@@ -19,12 +19,15 @@ INGEST = pa.schema(
 )
 
 # How a synthetic row was generated: enough, with `generator` and `prompt_id`, to generate it
-# again. `seed` is the row's own sampling seed (unused when temperature is 0).
+# again. `seed` is the row's own sampling seed (unused when temperature is 0);
+# `repetition_penalty` 1.0 and `no_repeat_ngram_size` 0 mean those controls were off.
 SAMPLING = pa.struct(
     [
         pa.field("backend", pa.string()),
         pa.field("temperature", pa.float64()),
         pa.field("top_p", pa.float64()),
+        pa.field("repetition_penalty", pa.float64()),
+        pa.field("no_repeat_ngram_size", pa.int32()),
         pa.field("max_new_tokens", pa.int32()),
         pa.field("stop", pa.list_(pa.string())),
         pa.field("seed", pa.int64()),

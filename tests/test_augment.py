@@ -307,7 +307,8 @@ def test_run_writes_synthetic_rows_with_provenance(model, tmp_path):
         assert row["prompt_id"] in templates
         # The seed recorded is the row's own: from the run's seed and its rendered prompt.
         [prompt] = chat_prompts(tokenizer, [by_prompt_id[row["prompt_id"]].messages(parent["text"])])
-        assert row["sampling"] == {"backend": "transformers", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 24,
+        assert row["sampling"] == {"backend": "transformers", "temperature": 0.0, "top_p": 1.0,
+                                   "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "max_new_tokens": 24,
                                    "stop": [], "seed": row_seed(1234, prompt.key)}
         assert row["license"] == parent["license"] and row["source"] == parent["source"]
         assert row["id"] == augment.synthetic_id(row["parent_id"], row["prompt_id"], generator)

@@ -190,12 +190,15 @@ def test_openai_backend_in_the_stage(tmp_path):
                               StepContext(tokenizer_ref=ModelRef(gguf="smollm2")), "filter")
     in_path = write_table(shard, tmp_path / "in.parquet")
     with Server() as server:
-        s = settings(server.endpoint, fraction=1.0, gates=QualityGates(min_chars=5, min_length_ratio=0.05))
+        s = settings(server.endpoint, fraction=1.0, repetition_penalty=1.15,
+                     gates=QualityGates(min_chars=5, min_length_ratio=0.05))
         report = augment.run(in_path, tmp_path / "out.parquet", tmp_path / "q.parquet", s, 1, ModelRef(gguf="smollm2"),
                              [])
     assert report["rows_in"] == 3 and report["dropped"] == {"truncated": 1} and report["rows_out"] == 2
     rows = read_table(tmp_path / "out.parquet").to_pylist()
     assert {r["generator"] for r in rows} == {f"openai:canned-model@{server.endpoint}"}
+    # Each row records the decoding settings it was generated with.
+    assert all(r["sampling"]["repetition_penalty"] == 1.15 and r["sampling"]["no_repeat_ngram_size"] == 0 for r in rows)
 
 
 def test_openai_settings_are_checked_in_the_recipe():
@@ -209,3 +212,27 @@ def test_openai_settings_are_checked_in_the_recipe():
 def test_vllm_backend_without_vllm_says_how_to_install():
     with pytest.raises(CorpusmillError, match="pip install vllm on a CUDA machine"):
         get_backend(Augment(backend="vllm"))
+
+
+def test_openai_backend_sends_the_repetition_penalty_only_when_set():
+    [paraphrase] = load_templates(["paraphrase"])
+    with Server() as server:
+        generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint), 0)
+        generate_detailed(SOURCES[:1], paraphrase, settings(server.endpoint, repetition_penalty=1.2), 0)
+    off, on = server.requests
+    assert "repetition_penalty" not in off and on["repetition_penalty"] == 1.2
+
+
+def test_backends_without_an_ngram_ban_refuse_it():
+    with pytest.raises(CorpusmillError, match="no_repeat_ngram_size is not part of the chat completions API"):
+        get_backend(settings("http://127.0.0.1:1/v1", no_repeat_ngram_size=3))
+    # Refused before vLLM is imported, so the recipe's mistake is named even without vLLM.
+    with pytest.raises(CorpusmillError, match="no_repeat_ngram_size is not available with backend vllm"):
+        get_backend(Augment(backend="vllm", no_repeat_ngram_size=3))
+
+
+def test_decoding_controls_are_part_of_the_checkpoint_key():
+    base = Augment()
+    keys = {settings_key(s, "g", 0, "1") for s in (base, base.model_copy(update={"repetition_penalty": 1.2}),
+                                                   base.model_copy(update={"no_repeat_ngram_size": 4}))}
+    assert len(keys) == 3

@@ -12,9 +12,12 @@ import pytest
 from samples import ALICE
 from corpusmill.tasks import augment, schema
 from corpusmill.tasks.augment import generate_detailed, load_templates, quality_gate
-from corpusmill.tasks.generation import Checkpoint, Generation, cut_at_stop, plan_batches
+from corpusmill.tasks.generation import Checkpoint, Generation, cut_at_stop, generate_all, plan_batches
+from corpusmill.tasks.generation import hf
 from corpusmill.tasks.generation.hf import (
+    RowHistory,
     TransformersBackend,
+    apply_controls,
     growing_layer_class,
     next_tokens,
     shared_prefixes,
@@ -335,6 +338,78 @@ def test_a_crash_after_the_first_rows_resumes_with_the_same_text(model, tmp_path
     stricter = settings.model_copy(update={"gates": settings.gates.model_copy(update={"min_chars": 5})})
     again = augment.run(in_path, out, q, stricter, 7, SMOLLM2, [TokenBounds(step="tokens", min=1)])
     assert again["extra"]["reused"] == 4 and again["extra"]["new_tokens"] == 0
+
+
+# --- decoding controls ---------------------------------------------------------------------
+
+LOOPING = "List fifty fruits, separated by commas."  # greedy SmolLM2 answers "Apples, Apples, Apples, ..."
+
+
+def test_controls_compute_what_transformers_logits_processors_compute():
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    logits = torch.randn(2, 20, generator=torch.Generator().manual_seed(0))
+    prompts, outputs = [[1, 2, 3, 9], [4]], [[5, 6, 7, 5, 6], [8, 8]]
+    histories = [RowHistory(p, 20, 3, "cpu") for p in prompts]
+    for history, output in zip(histories, outputs):
+        for end in range(1, len(output) + 1):
+            history.add(output[:end])
+    got = apply_controls(logits.clone(), histories, outputs, 1.3)
+    for k, (prompt, output) in enumerate(zip(prompts, outputs)):
+        # The penalty over the prompt and the output, the n-gram ban over the output alone.
+        expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt + output]), logits[k : k + 1].clone())
+        expected = NoRepeatNGramLogitsProcessor(3)(torch.tensor([output]), expected)
+        assert torch.equal(got[k], expected[0])
+    assert got[0, 7] == float("-inf") and torch.isfinite(got[1]).all()  # (5, 6) was followed by 7 before
+    assert got[0, 9] == logits[0, 9] / 1.3 if logits[0, 9] > 0 else logits[0, 9] * 1.3  # seen in the prompt only
+
+
+def produced_tokens(monkeypatch) -> list[list[int]]:
+    """The token ids of every row the engine finishes from now on."""
+    rows: list[list[int]] = []
+    finished = hf.Decoding.finished
+
+    def record(self, row, reason):
+        rows.append(list(self.produced[row]))
+        return finished(self, row, reason)
+
+    monkeypatch.setattr(hf.Decoding, "finished", record)
+    return rows
+
+
+def repeated_share(tokens: list, n: int = 3) -> float:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1 - len(set(grams)) / len(grams)
+
+
+@pytest.mark.slow
+def test_no_repeat_ngram_size_leaves_no_token_ngram_twice(model, monkeypatch):
+    chat = [[{"role": "user", "content": LOOPING}], [{"role": "user", "content": f"Paraphrase: {SENTENCES[0]}"}]]
+    rows = produced_tokens(monkeypatch)
+    generate_all(chat, Augment(max_new_tokens=60), 0, stage_version="test")
+    assert max(repeated_share(r) for r in rows) > 0.3  # the looping prompt loops without the control
+    rows.clear()
+    generate_all(chat, Augment(max_new_tokens=60, no_repeat_ngram_size=3), 0, stage_version="test")
+    assert len(rows) == 2 and all(repeated_share(r) == 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_repetition_penalty_breaks_a_loop_as_model_generate_does(model):
+    torch = pytest.importorskip("torch")
+    lm, tokenizer, _ = model
+    chat = [{"role": "user", "content": LOOPING}]
+    plain, penalized = (generate_all([chat], Augment(max_new_tokens=60, repetition_penalty=p), 0, stage_version="test")[0]
+                        for p in (1.0, 1.3))
+    # Fewer repeated word 3-grams, the share the `repetition` gate measures.
+    assert repeated_share(penalized.text.lower().split()) < repeated_share(plain.text.lower().split())
+    # The same greedy text as transformers' own repetition penalty on this prompt alone.
+    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = lm.generate(**inputs.to(lm.device), max_new_tokens=60, do_sample=False, repetition_penalty=1.3,
+                          pad_token_id=tokenizer.eos_token_id)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert penalized.text == tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 # --- progress, style, language -------------------------------------------------------------

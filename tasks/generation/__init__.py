@@ -188,8 +188,8 @@ def settings_key(settings, generator: str, seed: int, stage_version: str) -> str
     version regenerates what older code generated or recorded."""
     fields = settings.model_dump(
         mode="json",
-        include={"backend", "max_new_tokens", "batch_size", "batch_tokens", "temperature", "top_p", "device", "stop",
-                 "endpoint"},
+        include={"backend", "max_new_tokens", "batch_size", "batch_tokens", "temperature", "top_p", "repetition_penalty",
+                 "no_repeat_ngram_size", "device", "stop", "endpoint"},
     )
     identity = {"generator": generator, "seed": seed, "stage_version": stage_version, **fields}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,7 +15,12 @@ batch and keeps every row of a batch until its longest row ends. Here:
 - the KV cache grows in place in buffers with spare room (`growing_layer_class`) instead of
   being copied by a concatenation every step.
 
-Greedy decoding takes the argmax; sampling applies temperature, then top-p, and draws from
+Before a token is chosen, each row's logits go through the recipe's decoding controls, in
+transformers' order and with its arithmetic: `repetition_penalty` (every token of the row's
+prompt and output so far, as in transformers and vLLM), then `no_repeat_ngram_size` (a token
+that would repeat an n-gram of the row's own output is banned; unlike transformers, the
+prompt's n-grams stay allowed, so a paraphrase may still name `os.path.join`). Greedy
+decoding then takes the argmax; sampling applies temperature, then top-p, and draws from
 the row's own `torch.Generator`, seeded with its seed, so a row's text does not depend on
 which rows shared the batch with it.
 
@@ -91,6 +96,48 @@ def next_tokens(logits, temperature: float, top_p: float, generators):
         probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
     drawn = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
     return drawn if order is None else order.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+
+
+class RowHistory:
+    """What the decoding controls need to know of one row: which tokens it has seen (prompt
+    and output, for the repetition penalty) and which token followed each (n-1)-gram of its
+    output (for the no-repeat rule)."""
+
+    def __init__(self, prompt: Sequence[int], vocabulary: int, ngram: int, device):
+        import torch
+
+        self.seen = torch.zeros(vocabulary, dtype=torch.bool, device=device)
+        self.seen[torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
+        self.ngram = ngram
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+
+    def banned(self, output: list[int]) -> set[int]:
+        """Tokens that would complete an n-gram `output` already holds."""
+        if not self.ngram or len(output) < self.ngram - 1:
+            return set()
+        return self.followers.get(tuple(output[len(output) - self.ngram + 1 :]), set())
+
+    def add(self, output: list[int]) -> None:
+        """Record the newest token of `output`."""
+        self.seen[output[-1]] = True
+        if self.ngram and len(output) >= self.ngram:
+            self.followers.setdefault(tuple(output[-self.ngram : -1]), set()).add(output[-1])
+
+
+def apply_controls(logits, histories: Sequence[RowHistory], outputs: Sequence[list[int]], penalty: float):
+    """`logits` (rows x vocabulary, float32) after the repetition penalty, as transformers'
+    `RepetitionPenaltyLogitsProcessor` computes it, then the no-repeat bans, as its
+    `NoRepeatNGramLogitsProcessor` computes them over the output alone."""
+    import torch
+
+    if penalty != 1.0:
+        seen = torch.stack([h.seen for h in histories])
+        logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    for k, (history, output) in enumerate(zip(histories, outputs)):
+        banned = history.banned(output)
+        if banned:
+            logits[k, sorted(banned)] = float("-inf")
+    return logits
 
 
 @functools.cache
@@ -194,6 +241,8 @@ class Decoding:
         self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
         self.longest_stop = max((len(x) for x in settings.stop), default=0)
         self.produced: dict[int, list[int]] = {}
+        self.controlled = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0
+        self.histories: dict[int, RowHistory] = {}
 
     def admit(self, in_flight: list[int]) -> list[int]:
         """Take the next waiting rows that fit the budget beside `in_flight` (the first one
@@ -211,12 +260,16 @@ class Decoding:
         import torch
 
         s = self.settings
+        if self.controlled:
+            logits = self.apply_controls(logits, batch_rows)
         chosen = next_tokens(logits, s.temperature, s.top_p, [self.generators[r] for r in batch_rows]).cpu()
         ended = torch.isin(chosen, self.stop_ids).tolist()
         going, done = [], []
         for k, (row, token) in enumerate(zip(batch_rows, chosen.tolist())):
             tokens = self.produced.setdefault(row, [])
             tokens.append(token)
+            if self.controlled:
+                self.histories[row].add(tokens)
             if ended[k] or self.ends_with_stop_sequence(tokens):
                 done.append(self.finished(row, "stop"))
             elif len(tokens) >= s.max_new_tokens:
@@ -224,6 +277,15 @@ class Decoding:
             else:
                 going.append(k)
         return going, done, chosen
+
+    def apply_controls(self, logits, batch_rows: list[int]):
+        """The rows' logits after the recipe's repetition penalty and no-repeat n-grams."""
+        for row in batch_rows:
+            if row not in self.histories:
+                self.histories[row] = RowHistory(self.rows[row].payload, logits.shape[-1],
+                                                 self.settings.no_repeat_ngram_size, logits.device)
+        return apply_controls(logits.float(), [self.histories[r] for r in batch_rows],
+                              [self.produced.get(r, []) for r in batch_rows], self.settings.repetition_penalty)
 
     def ends_with_stop_sequence(self, tokens: list[int]) -> bool:
         if not self.longest_stop:
@@ -234,6 +296,7 @@ class Decoding:
 
     def finished(self, row: int, reason: str) -> tuple[int, Generation]:
         tokens = self.produced.pop(row)
+        self.histories.pop(row, None)
         text, _ = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), self.settings.stop)
         return row, Generation(text.strip(), reason, len(tokens), self.seeds[row])
 

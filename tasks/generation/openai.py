@@ -38,6 +38,9 @@ class OpenAIBackend:
             raise CorpusmillError("augment.backend 'openai' needs augment.endpoint, e.g. http://127.0.0.1:8000/v1")
         if not settings.model.name:
             raise CorpusmillError("augment.backend 'openai' needs augment.model.name: the model id the endpoint serves")
+        if settings.no_repeat_ngram_size:
+            raise CorpusmillError("augment.no_repeat_ngram_size is not part of the chat completions API; set it to 0 "
+                                  "with backend openai (repetition_penalty is sent to servers that take it)")
         self.settings = settings
         self.url = settings.endpoint.rstrip("/") + "/chat/completions"
         self.sleep = sleep
@@ -62,6 +65,10 @@ class OpenAIBackend:
             body.update(top_p=s.top_p, seed=seed)
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.repetition_penalty != 1.0:
+            # Not in OpenAI's own API; vLLM's server takes it as an extra sampling parameter with the
+            # same meaning. An endpoint that refuses it answers 400, which stops the stage with its message.
+            body["repetition_penalty"] = s.repetition_penalty
         return body
 
     def _request(self, messages: Messages, seed: int) -> Generation:

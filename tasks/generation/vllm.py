@@ -36,6 +36,10 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, settings):
+        if settings.no_repeat_ngram_size:
+            # vLLM's sampling parameters have a repetition penalty but no n-gram ban.
+            raise CorpusmillError("augment.no_repeat_ngram_size is not available with backend vllm; set it to 0 "
+                                  "(repetition_penalty is) or use backend transformers")
         import_vllm()
         self.settings = settings
         self.tokenizer = load_tokenizer(settings.model)
@@ -55,6 +59,7 @@ class VLLMBackend:
         params = [
             vllm.SamplingParams(
                 max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
+                repetition_penalty=s.repetition_penalty,
                 stop=list(s.stop) or None, seed=row_seed if s.temperature > 0 else None,
             )
             for row_seed in seeds

@@ -112,14 +112,14 @@ version: 1.0.0
 sources:
   - {{kind: files, path: {tmp_path / 'corpus.txt'}, format: text, split_by: paragraph, license: CC0-1.0}}
 tokenizer: {{gguf: smollm2}}
-filters: {{min_tokens: 8}}
+filters: [{{step: tokens, min: 8}}]
 output: {{root: {tmp_path / 'releases'}}}
 """)
     return recipe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key, values", [("filters.min_tokens", [8, 30, 8]), ("dedup.threshold", [0.8, 0.95, 0.8])])
+@pytest.mark.parametrize("key, values", [("filters.0.min", [8, 30, 8]), ("dedup.threshold", [0.8, 0.95, 0.8])])
 def test_settings_changed_back_and_forth_in_one_work_dir_reuse_nothing_stale(prefect_server, tmp_path, key, values):
     """A cached result must never name a file that a run with other settings has since rewritten."""
     from corpusmill.flows.release import release
@@ -134,5 +134,5 @@ def test_settings_changed_back_and_forth_in_one_work_dir_reuse_nothing_stale(pre
         fingerprints.append(read_manifest(target)["fingerprint"])
     fresh = release(str(recipe), [f"{key}={values[0]}", "version=2.0.0"], str(tmp_path / "fresh-work"))
     assert fingerprints[2] == fingerprints[0] == read_manifest(fresh)["fingerprint"]
-    if key == "filters.min_tokens":
+    if key == "filters.0.min":
         assert fingerprints[1] != fingerprints[0]  # the setting mattered, so the third run had stale files to meet

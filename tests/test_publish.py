@@ -118,7 +118,7 @@ def test_card_front_matter_and_sections(tmp_path):
                         "## Reproducing"]
     assert "| src1 | files | public-domain | other |" in card
     assert "| train | 9 | 81 | 9.0 | 33.3% | 1 |" in card  # tokens 5..13
-    assert "| tokenize | too_few_tokens | 11 | 42.3% |" in card  # 11 of 20 + 6 rows in
+    assert "| filter | tokens.too_few_tokens | 11 | 42.3% |" in card  # 11 of 20 + 6 rows in
     assert "| train | `paraphrase@abc` | 3 |" in card  # rows 0, 3, 6 of the first nine are synthetic
     assert "(9 bands x 13 rows)" in card and "| clusters of more than one row | 2 |" in card
     assert "![Composition by source](plots/composition.png)" in card

@@ -33,7 +33,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -49,23 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.machine import describe
+
 REPO = Path(__file__).resolve().parent.parent
 CORPORA = REPO.parent / "shared" / "corpora"
 NUM_PERM, NGRAM, THRESHOLD, SEED = 128, 5, 0.8, 1
 JACCARD_BINS = [0.8, 0.85, 0.9, 0.95, 1.0001]
 LIBRARIES = ["corpusmill", "numpy", "pyarrow", "scipy", "datasketch", "rensa", "datatrove", "xxhash", "spacy", "torch"]
-
-
-def machine() -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return {"cpus": os.cpu_count(), "cpu_model": model.group(1) if model else platform.processor(),
-            "ram_gib": round(pages / 2**30, 1), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(), "load_avg_at_start": os.getloadavg(),
-            "versions": {name: importlib.metadata.version(name) for name in LIBRARIES}}
 
 
 # --- documents ---------------------------------------------------------------------------------
@@ -560,7 +549,7 @@ def main() -> None:
         sys.exit(f"the shared corpora are not at {CORPORA}")
     pool, n = paragraphs(), args.docs or (4_000 if args.quick else 20_000)
     methods = ["corpusmill", "datatrove", "datasketch", "rensa"]
-    result = {"machine": machine(), "quick": args.quick, "threshold": THRESHOLD, "num_perm": NUM_PERM, "ngram": NGRAM,
+    result = {"machine": describe(LIBRARIES), "quick": args.quick, "threshold": THRESHOLD, "num_perm": NUM_PERM, "ngram": NGRAM,
               "datatrove_xxhash": _datatrove_xxhash(args.datatrove_path)}
     steps = [("signatures", lambda: signatures(2_000 if args.quick else 10_000, 2 if args.quick else 3, pool)),
              ("end_to_end", lambda: compare(documents(n, 2, pool), methods, args.rounds, args.datatrove_path)),

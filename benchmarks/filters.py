@@ -22,22 +22,22 @@ import argparse
 import importlib.util
 import json
 import multiprocessing
-import os
-import platform
 import random
 import re
 import sys
 import tempfile
 import time
 from collections import Counter
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.machine import describe
+
 REPO = Path(__file__).resolve().parent.parent
 CORPORA = REPO.parent / "shared" / "corpora"
+LIBRARIES = ["corpusmill", "datatrove", "spacy", "pyarrow", "numpy", "fasttext-new", "phonenumbers"]
 WORKERS = 2
 DATATROVE_QUALITY = ("GopherRepetitionFilter", "GopherQualityFilter", "C4QualityFilter", "FineWebQualityFilter")
 
@@ -77,21 +77,6 @@ def corpus(megabytes: float, seed: int = 1) -> list[str]:
         docs += batch
         size += sum(len(d.encode()) for d in batch)
     return docs
-
-
-def machine() -> dict:
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()}
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    info["cpu_model"] = model.group(1) if model else platform.processor()
-    with open("/proc/meminfo") as f:
-        info["ram_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    for package in ("datatrove", "pyarrow", "spacy", "numpy"):
-        try:
-            info[package] = version(package)
-        except PackageNotFoundError:
-            info[package] = None
-    return info
 
 
 # ---- workers (one shard each, in a spawned process) -----------------------------------------
@@ -258,11 +243,11 @@ def main() -> None:
         sys.exit(f"the shared corpora are not at {CORPORA}")
     docs = corpus(args.mb)
     if args.language_only:
-        result = {"machine": machine(), "language_1kb": language_1kb(docs)}
+        result = {"machine": describe(LIBRARIES), "language_1kb": language_1kb(docs)}
         result["targets"] = {"language_20k_docs_s": result["language_1kb"].get("docs_s", 0) >= 20_000}
         _write(result, args.json)
         return
-    result = {"machine": machine(), "workers": WORKERS,
+    result = {"machine": describe(LIBRARIES), "workers": WORKERS,
               "documents": {"count": len(docs), "megabytes": sum(len(d.encode()) for d in docs) / 1e6,
                             "mean_bytes": sum(len(d.encode()) for d in docs) / len(docs)}}
     print(json.dumps(result, indent=1), file=sys.stderr)

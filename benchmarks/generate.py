@@ -43,14 +43,13 @@ other work, one torch thread per process waited less on descheduled peers (about
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
-import platform
 import re
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.machine import describe
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "demo.yaml"
@@ -67,19 +66,6 @@ CONTROLS = {
     "no_repeat_ngram_5": {"no_repeat_ngram_size": 5},
 }
 _WORD = re.compile(r"\w+")
-
-
-def machine() -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpus": os.cpu_count(), "cpu_model": model.group(1) if model else platform.processor(), "gpu": gpu,
-            "ram_gib": round(pages / 2**30, 1), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(), "load_avg_at_start": os.getloadavg(),
-            "versions": {name: importlib.metadata.version(name) for name in LIBRARIES}}
 
 
 # --- the demo's rows ---------------------------------------------------------------------
@@ -328,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    results: dict = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)", "machine": machine(), "greedy": True}
+    results: dict = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)", "machine": describe(LIBRARIES), "greedy": True}
     with tempfile.TemporaryDirectory(prefix="corpusmill-bench-generate-") as tmp:
         work = Path(tmp)
         recipe, filtered, steps, index = demo_shard(work)

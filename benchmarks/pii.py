@@ -20,8 +20,6 @@ import argparse
 import base64
 import ipaddress
 import json
-import os
-import platform
 import random
 import string
 import sys
@@ -32,13 +30,14 @@ import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
-import stdnum
 from stdnum import iban as stdnum_iban
 
 from corpusmill.tasks.filters import pii
 from corpusmill.tasks.filters.step import StepContext
 from corpusmill.tasks.ingest.gutenberg import Boilerplate
 from corpusmill.tasks.ingest.splitters import split_paragraphs
+
+from benchmarks.machine import describe
 
 REPO = Path(__file__).resolve().parent.parent
 CORPORA = REPO.parent / "shared" / "corpora"
@@ -331,10 +330,7 @@ def main() -> None:
         sys.exit(f"the shared corpora are not at {CORPORA}")
     gutenberg, wikitext = gutenberg_rows(), wikitext_rows()
     per_type = 100 if args.quick else 1000
-    result = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": platform.python_version(),
-                          "phonenumbers": phonenumbers.__version__, "python-stdnum": stdnum.__version__,
-                          "pyarrow": pa.__version__},
-              "quick": args.quick}
+    result = {"machine": describe(["phonenumbers", "python-stdnum", "pyarrow"]), "quick": args.quick}
     print("recall ...", file=sys.stderr)
     result["recall"] = recall(gutenberg + wikitext, per_type, seed=1)
     print(json.dumps(result["recall"]["recall"], indent=1), file=sys.stderr)

@@ -188,7 +188,8 @@ def _shard_step(b: Build, stage_task_, stage: Stage, in_path: Path, quarantine: 
 
 def filter_steps(b: Build) -> tuple[list, Path | None]:
     """The recipe's filter steps, with decontamination last when the recipe lists eval sets,
-    and the n-gram index of those eval sets (built once, before any shard is filtered)."""
+    and the n-gram index of those eval sets. Built before any other work, so a missing or
+    empty eval set (an EvalSetError from the index task) stops the run before ingest."""
     recipe = b.recipe
     if not recipe.decontaminate:
         return list(recipe.filters), None
@@ -198,11 +199,10 @@ def filter_steps(b: Build) -> tuple[list, Path | None]:
     return [*recipe.filters, decontaminate.Decontaminate(step="decontaminate", evals=recipe.decontaminate)], index
 
 
-def per_shard(b: Build, shards: list[Path]) -> tuple[list[Path], list[Path]]:
+def per_shard(b: Build, shards: list[Path], steps: list, index: Path | None) -> tuple[list[Path], list[Path]]:
     """Filter (+ augment, + signatures) each shard, chained so a shard moves on as soon as
     it is ready; returns the text shards (originals, then synthetic) and their signature files."""
     recipe = b.recipe
-    steps, index = filter_steps(b)
     filtered = [_shard_step(b, filter_shard, filtering.STAGE, s, "filter", tokenizer_ref=recipe.tokenizer,
                             steps=steps, decontamination_index=index) for s in shards]
     outputs = list(filtered)
@@ -291,11 +291,11 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     publish.check_absent(target)  # before hours of work, not after
     publish.check_writable(publish.release_path(recipe.output.root, recipe.name, ""), "output.root")
     publish.check_writable(work_dir, "--work-dir")
-    decontaminate.check_eval_sets(recipe.decontaminate)  # a missing or empty eval set, before any work
     b = Build(recipe, work_dir / recipe.name)
     previous = previous_release(b)
+    steps, index = filter_steps(b)  # eval sets read and indexed first: a bad one stops the run here
     shards, fingerprints = ingest_sources(b)
-    text_shards, signature_paths = per_shard(b, shards)
+    text_shards, signature_paths = per_shard(b, shards, steps, index)
     clusters_path = deduplicate(b, text_shards, signature_paths)
     final = assign_and_finalize(b, clusters_path, text_shards, signature_paths, previous)
     quarantine = b.collect_quarantine()

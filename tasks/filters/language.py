@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
@@ -56,9 +55,15 @@ def model_digest() -> str:
 
 
 @cache
+def _codes() -> dict[str, str]:
+    """The model's labels -> their language codes."""
+    return {label: label.removeprefix(LABEL_PREFIX) for label in _model().get_labels()}
+
+
+@cache
 def model_languages() -> frozenset[str]:
     """Every code the model can answer."""
-    return frozenset(label.removeprefix(LABEL_PREFIX) for label in _model().get_labels())
+    return frozenset(_codes().values())
 
 
 def identify(texts: list[str], max_chars: int | None = None) -> tuple[list[str | None], np.ndarray]:
@@ -68,20 +73,19 @@ def identify(texts: list[str], max_chars: int | None = None) -> tuple[list[str |
     A text without a letter gets None and NaN. The same text always gets the same code and
     the same score bits: each text is scored on its own, whatever the batch or thread count.
     """
-    lines = pa.array(texts, pa.string())
-    if max_chars is not None:
-        lines = pc.utf8_slice_codeunits(lines, 0, max_chars)
     # fastText reads one line per prediction; a newline would end the text early.
-    lines = pc.replace_substring(lines, "\n", " ").to_pylist()
-    labels, probs = _model().predict_batch(lines, k=1)
-    codes: list[str | None] = []
-    scores = np.empty(len(texts), dtype=np.float32)
-    for i, (line, label, prob) in enumerate(zip(lines, labels, probs)):
-        if LETTER.search(line):  # in what the model read
-            codes.append(label[0].removeprefix(LABEL_PREFIX))
-            scores[i] = prob[0]
-        else:
-            codes.append(None)
+    lines = [text[:max_chars].replace("\n", " ") for text in texts]
+    # The extension's own batch call: one flat float32 array of probabilities, where the
+    # wrapper would cut it into an array per row.
+    labels, probs, counts = _model().f.predict_batch(lines, 1, 0.0, None, "strict")
+    if len(labels) != len(lines) or any(c != 1 for c in counts):  # never seen with k=1 and threshold 0
+        raise RuntimeError(f"the language model did not answer once per row ({len(labels)} answers, {len(lines)} rows)")
+    scores = np.frombuffer(probs, dtype="<f4").astype(np.float32)  # a writable copy
+    code_of = _codes()
+    codes: list[str | None] = [code_of[label[0]] for label in labels]
+    for i, line in enumerate(lines):
+        if not LETTER.search(line):  # in what the model read
+            codes[i] = None
             scores[i] = np.nan
     return codes, scores
 

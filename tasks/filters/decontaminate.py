@@ -69,7 +69,7 @@ from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from corpusmill.tasks.errors import CorpusmillError
+from corpusmill.tasks.errors import CorpusmillError, is_transient_hub_error
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
 from corpusmill.tasks.stage import Stage
 
@@ -306,6 +306,8 @@ def _hub_items(ev: EvalSet) -> list[str]:
     try:
         dataset = datasets.load_dataset(hub.dataset, hub.config, split=hub.split, revision=hub.revision)
     except Exception as e:
+        if is_transient_hub_error(e):
+            raise  # the index task is retried with backoff
         raise _error(ev, f"could not load the {ev.origin}: {type(e).__name__}: {e}", "Check the dataset id, "
                      "config and split and that this machine reaches the Hugging Face Hub (HF_HUB_OFFLINE unset), "
                      "or download the split and give it as path:") from e

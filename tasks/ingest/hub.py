@@ -12,7 +12,7 @@ import itertools
 from typing import Iterator
 
 from corpusmill.tasks.ingest.documents import Doc, cell
-from corpusmill.tasks.errors import is_transient
+from corpusmill.tasks.errors import is_transient_hub_error
 from corpusmill.tasks.ingest.errors import IngestError
 from corpusmill.tasks.recipe import HubSource, source_name
 
@@ -32,7 +32,7 @@ def documents(source: HubSource) -> Iterator[Doc]:
             data_files=source.data_files, streaming=source.streaming,
         )
     except Exception as e:
-        if _transient(e):
+        if is_transient_hub_error(e):
             raise
         raise IngestError(
             f"ingest source {name!r}: could not load the dataset {described}: {type(e).__name__}: {e}. Check the "
@@ -52,7 +52,7 @@ def documents(source: HubSource) -> Iterator[Doc]:
         except StopIteration:
             return
         except Exception as e:  # streaming reads lazily: a dropped connection surfaces here
-            if _transient(e):
+            if is_transient_hub_error(e):
                 raise
             raise IngestError(
                 f"ingest source {name!r}: reading the dataset {described} failed at row {index}: "
@@ -65,16 +65,3 @@ def documents(source: HubSource) -> Iterator[Doc]:
         else:
             yield cell(key, where, row[source.text_column], source.text_column)
 
-
-def _transient(error: BaseException) -> bool:
-    """Whether a rerun can get past `error`: a connection dropped or timed out, or the Hub
-    answering 5xx, 408 (timeout) or 429 (rate limit). Never in offline mode, where
-    datasets reports a dataset it has not cached as a ConnectionError."""
-    import datasets
-
-    if datasets.config.HF_HUB_OFFLINE:
-        return False
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if isinstance(status, int):
-        return status >= 500 or status in (408, 429)
-    return is_transient(error)

@@ -8,8 +8,8 @@ match "cunt" or "ass"; entries of several words ("fick dich") match consecutive 
 
 A row is judged only in the languages of `languages` (English by default: the other lists
 are short and catch everyday words). Its language is the `language` column when a
-`language` step ran before, else identified here; rows in other languages pass and are
-counted as `not_judged`.
+`language` step ran before, else identified here from the first characters as the language
+step reads them by default; rows in other languages pass and are counted as `not_judged`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from corpusmill.tasks.filters.language import identify, model_languages
+from corpusmill.tasks.filters.language import DEFAULT_MAX_CHARS, identify, model_languages
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
 from corpusmill.tasks.shards import stream_sha256
 
@@ -111,6 +111,7 @@ class Toxicity(FilterStep):
     """Drops a row when more than `max_share` of its words are on the list (`too_toxic`)."""
 
     NAME = "toxicity"
+    VERSION = "2"  # 2: rows without a language column identified from their first 512 characters
     max_share: float = Field(
         0.01, ge=0.0, le=1.0, description="largest share of a row's words that may be on the list; a row above it "
                                           "is dropped as too_toxic")
@@ -160,7 +161,7 @@ class Toxicity(FilterStep):
         codes = table.column("language").to_pylist() if "language" in table.column_names else [None] * n
         missing = [i for i, code in enumerate(codes) if code is None]
         if missing:
-            found, _ = identify(table.column("text").take(pa.array(missing, pa.int64())).to_pylist())
+            found, _ = identify(table.column("text").take(pa.array(missing, pa.int64())).to_pylist(), DEFAULT_MAX_CHARS)
             for i, code in zip(missing, found):
                 codes[i] = code
         return codes

@@ -23,6 +23,7 @@ PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgO
 FOUND = [
     ("email", "Write to jane.doe@example.com today.", "Write to <EMAIL> today."),
     ("email", "user@example.com in the docs is an address too", "<EMAIL> in the docs is an address too"),
+    ("email", "Contact: ops@example.org: we answer within a day", "Contact: <EMAIL>: we answer within a day"),
     ("phone", "Call (212) 555-0123 or 212.555.0199.", "Call <PHONE> or <PHONE>."),
     ("phone", "London 020 7946 0958, Berlin 030 1234567.", "London <PHONE>, Berlin <PHONE>."),
     ("phone", "Ring +44 20 7946 0958 or +33612345678 or +55 11 96123-4315.",
@@ -67,6 +68,7 @@ NOT_PERSONAL = [
     "password = 'aaaaaaaaaaaaaaaaaaaaaaaa' and token: <your token here>",
     "0x7FFFFFFF, 0xDEADBEEF, color #ff00ff",
     "Chapter 42. The Whiteness of the Whale.  Call me Ishmael.",
+    "git clone git@github.com:huggingface/datatrove.git, or scp notes.txt deploy@build-01.internal:~/in/",
 ]
 
 

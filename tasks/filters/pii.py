@@ -96,7 +96,8 @@ def _preceded_by(context: re.Pattern, text: str, start: int) -> bool:
 
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
-    r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])",
+    # not a git remote or ssh target with a path or port: git@github.com:org/repo.git, user@host:22
+    r"(?![A-Za-z0-9-]|\.[A-Za-z0-9]|:[A-Za-z0-9~/._-])",
     re.ASCII,
 )
 
@@ -469,7 +470,7 @@ class PersonalData(FilterStep):
     """
 
     NAME = "pii"
-    VERSION = "1"
+    VERSION = "2"  # 2: scp-style remotes (git@github.com:org/repo.git) are not e-mail addresses
     action: Action = Field("redact", description="What to do with every type not named in `actions`: "
                                                  "redact (replace each match by its placeholder), drop the row, "
                                                  "or keep it unchanged (still counted).")

@@ -12,6 +12,7 @@ changed setting recomputes only what depends on it. This module only wires the s
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -84,6 +85,24 @@ assign_splits = stage_task(split.ASSIGN)
 finalize_shard = stage_task(split.FINALIZE)
 
 
+def outputs_missing(parameters: dict) -> bool:
+    """Whether the files a stage task writes are gone: its `out_path`, or every shard in its
+    `out_dir` (a stage writes at least one)."""
+    out_path, out_dir = parameters.get("out_path"), parameters.get("out_dir")
+    if out_path is not None and not Path(out_path).exists():
+        return True
+    return out_dir is not None and not any(Path(out_dir).glob("*.parquet"))
+
+
+def submit(stage_task_, options: dict, *args, **kwargs):
+    """Submit a stage task with `options` (its result storage). A cached result is only as good
+    as the files it names, so a task whose outputs were deleted (to free disk) runs again and
+    refreshes its cache entry, instead of handing on paths that no longer exist."""
+    arguments = {k: v for k, v in kwargs.items() if k != "wait_for"}  # wait_for is the submission's, not the task's
+    parameters = inspect.signature(stage_task_.fn).bind_partial(*args, **arguments).arguments
+    return stage_task_.with_options(**options, refresh_cache=outputs_missing(parameters)).submit(*args, **kwargs)
+
+
 def addressed(base: Path, stage: Stage, **parameters) -> Path:
     """The folder `stage` writes into for these parameters: `<base>/<stage>/<Stage.address>`."""
     return base / stage.name / stage.address(parameters)
@@ -113,7 +132,7 @@ class Build:
         return folder / f"quarantine-{name}"
 
     def submit(self, stage_task_, *args, **kwargs):
-        return stage_task_.with_options(**self.cached).submit(*args, **kwargs)
+        return submit(stage_task_, self.cached, *args, **kwargs)
 
     def report(self, stage: str, report: dict) -> None:
         self.reports[stage] = report
@@ -233,11 +252,11 @@ def dedup_stage(signature_paths: list[Path], text_paths: list[Path], base: Path,
     bands, _ = dedup.lsh_params(settings)
     pair_paths = [addressed(base, dedup.BANDS, side_paths=signature_paths, band=k, settings=settings) / f"band-{k:03d}.parquet"
                   for k in range(bands)]
-    _gather("bands", [band_pairs.with_options(**cached).submit(signature_paths, k, path, settings)
+    _gather("bands", [submit(band_pairs, cached, signature_paths, k, path, settings)
                       for k, path in enumerate(pair_paths)])
     params = dict(signature_paths=signature_paths, text_paths=text_paths, pair_paths=pair_paths, settings=settings)
     clusters_path = addressed(base, dedup.CLUSTER, **params) / "clusters.parquet"
-    return cluster_rows.with_options(**cached).submit(**params, out_path=clusters_path).result(), clusters_path
+    return submit(cluster_rows, cached, **params, out_path=clusters_path).result(), clusters_path
 
 
 def deduplicate(b: Build, text_shards: list[Path], signature_paths: list[Path]) -> Path:
@@ -402,6 +421,12 @@ def _inputs(recipe: Recipe, fingerprints: dict) -> list[dict]:
     return inputs
 
 
+@flow(name="corpusmill-build", log_prints=True)
+def build_release(recipe: Recipe, work_dir: str) -> str:
+    """`build` as a subflow, so that `release` can give it the task runner the recipe asks for."""
+    return str(build(recipe, Path(work_dir)))
+
+
 @flow(name="corpusmill-release", log_prints=True)
 def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str = DEFAULT_WORK_DIR,
             nightly: bool = False) -> str:
@@ -417,8 +442,18 @@ def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str 
         base = load_recipe(recipe_path, overrides).version.split("-")[0]
         overrides.append(f"version={base}-nightly.{flow_run.scheduled_start_time:%Y%m%d}")
     recipe = load_recipe(recipe_path, overrides)
-    return str(build(recipe, Path(work_dir)))
+    # The recipe is only known here, inside the run, wherever the run started (`corpusmill run`,
+    # `corpusmill serve`, a work pool's worker): its `runner:` applies to the build from here on.
+    runner = task_runner_for(recipe.runner)
+    get_run_logger().info(f"building {recipe.name} {recipe.version} with {_described(recipe.runner)}")
+    return build_release.with_options(task_runner=runner)(recipe, work_dir)
 
+
+def _described(runner: Runner) -> str:
+    if runner.kind == "threads":
+        return f"{runner.workers} threads"
+    return f"the {runner.kind} cluster at {runner.address}" if runner.address else \
+        f"a local {runner.kind} cluster of {runner.workers} workers"
 
 
 def task_runner_for(runner: Runner):
@@ -434,9 +469,20 @@ def task_runner_for(runner: Runner):
             return DaskTaskRunner(cluster_kwargs={"n_workers": runner.workers, "processes": True})
         from prefect_ray import RayTaskRunner
 
-        return RayTaskRunner(address=runner.address) if runner.address else RayTaskRunner()
+        if runner.address:
+            return RayTaskRunner(address=runner.address, init_kwargs=_ray_job_environment())
+        return RayTaskRunner(init_kwargs={"num_cpus": runner.workers})
     except ImportError:
         raise CorpusmillError(
             f"runner.kind is {runner.kind!r} but prefect-{runner.kind} is not installed; "
             f"install it with `pip install -e '.[{runner.kind}]'`, and point PREFECT_API_URL at a running Prefect server."
         ) from None
+
+
+def _ray_job_environment() -> dict:
+    """Ray starts this job's workers on the cluster's nodes, whose environment is the cluster's:
+    they are given the Prefect server this run reports to."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    return {"runtime_env": {"env_vars": {"PREFECT_API_URL": url}}} if url else {}

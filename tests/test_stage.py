@@ -98,6 +98,34 @@ def test_stage_tasks_retry_transient_errors_only(prefect_server, tmp_path, error
     assert len(calls) == attempts <= RETRIES + 1
 
 
+def test_a_stage_whose_output_was_deleted_runs_again_and_others_stay_cached(prefect_server, tmp_path):
+    """Someone frees disk in the work folder: the next run must redo that work, not hand on missing files."""
+    from corpusmill.flows.release import submit
+
+    calls: list = []
+
+    def counted_copy(in_path: Path, out_path: Path, settings: Dedup) -> dict:
+        calls.append(Path(out_path).name)
+        return copy_lines(in_path, out_path, settings)
+
+    copy = stage_task(Stage("copy", "1", counted_copy, inputs=("in_path",)))
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    outputs = [tmp_path / "first.txt", tmp_path / "second.txt"]
+
+    @flow
+    def copies() -> list[dict]:
+        cached = dict(result_storage=tmp_path / ".results")
+        return [submit(copy, cached, tmp_path / "in.txt", out, Dedup()).result() for out in outputs]
+
+    copies()
+    assert calls == ["first.txt", "second.txt"]
+    outputs[0].unlink()
+    assert copies() == [{"lines": 2}, {"lines": 2}]
+    assert calls == ["first.txt", "second.txt", "first.txt"] and outputs[0].read_text() == "one\ntwo\n"
+    copies()
+    assert len(calls) == 3  # the refreshed entry is cached again
+
+
 WORDS = "river stone market window garden letter summer harbour lantern violin engine meadow".split()
 
 

@@ -33,7 +33,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from corpusmill.tasks import schema
 from corpusmill.tasks.errors import CorpusmillError
@@ -164,7 +166,14 @@ class SplitStats:
         lambda: {"rows": 0, "tokens": 0, "synthetic": 0, "synthetic_tokens": 0}))
     by_prompt: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "tokens": 0}))
     by_language: Counter = field(default_factory=Counter)  # rows per `language` ("unknown" where not identified)
-    token_counts: list = field(default_factory=list)
+    # rows per token count (index = n_tokens): the histogram's data in memory bounded by the
+    # longest row, not by the number of rows
+    rows_by_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def count_lengths(self, tokens: np.ndarray) -> None:
+        counts = np.bincount(tokens, minlength=len(self.rows_by_tokens))
+        counts[: len(self.rows_by_tokens)] += self.rows_by_tokens
+        self.rows_by_tokens = counts
 
 
 def write_splits(final_shards: list[Path], data_dir: Path, split_rows: dict[str, int], shard_rows: int,
@@ -205,7 +214,7 @@ def write_splits(final_shards: list[Path], data_dir: Path, split_rows: dict[str,
         close(split)
     for entry in entries:
         path = data_dir.parent / entry["path"]
-        entry.update(sha256=file_sha256(path), bytes=path.stat().st_size, rows=read_table(path, ["id"]).num_rows)
+        entry.update(sha256=file_sha256(path), bytes=path.stat().st_size, rows=pq.read_metadata(path).num_rows)
     entries.sort(key=lambda e: e["path"])
     return entries, stats
 
@@ -216,7 +225,7 @@ def _accumulate(stats: SplitStats, chunk) -> None:
     stats.rows += chunk.num_rows
     stats.tokens += int(tokens.sum())
     stats.synthetic += int(synthetic.sum())
-    stats.token_counts.append(tokens)
+    stats.count_lengths(tokens)
     stats.synthetic_tokens += int(tokens[synthetic].sum())
     languages = pc.value_counts(chunk.column("language").fill_null("unknown"))
     stats.by_language.update(dict(zip(languages.field("values").to_pylist(), languages.field("counts").to_pylist())))

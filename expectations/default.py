@@ -1,14 +1,18 @@
-"""The `default` validation suite: what every split of a release must satisfy.
+"""The `default` validation suite: what every file and split of a release must satisfy.
 
 Each expectation carries `meta = {"critical": bool, "why": str}`. A failed critical
 expectation stops the release; a failed non-critical one is reported as a warning. `why`
 is the sentence a user reads in the error message, so it names the risk the check controls.
 
-Three suites: `split_suite` checks one split's rows; `lineage_suite` checks a frame derived
-from all splits together (built by `tasks.validate.lineage_frame`: one row per id,
-cluster id or parent id, with the number of splits it occurs in); `safety_suite` checks
-what the filter steps promise, on a frame of what the same detectors still find in every
-row (built by `tasks.validate.safety_frame`: personal data per type, eval-set n-gram hits).
+Four suites, so that no batch holds more than one file's texts:
+
+- `rows_suite` checks the rows of one release file (schema, nulls, bounds, provenance);
+- `split_suite` checks what holds over a whole split, on its compact frame (built by
+  `tasks.validate_sets`: per row the 64-bit hashes of id, text and cluster id, and `synthetic`);
+- `lineage_suite` checks a frame of every lineage key's hash with the number of splits it
+  occurs in (ids, cluster ids and synthetic rows' parents);
+- `safety_suite` checks what the filter steps promise, on a frame of what the same
+  detectors still find in each row of one file (personal data per type, eval-set n-gram hits).
 """
 
 from __future__ import annotations
@@ -64,17 +68,23 @@ def _meta(why: str, critical: bool = True) -> dict:
     return {"critical": critical, "why": why}
 
 
-def split_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.ExpectationSuite:
-    """The suite for one split's rows, named `default.<name>`.
+def rows_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.ExpectationSuite:
+    """The suite for the rows of one release file, named `default.<name>`.
 
-    With `empty=True` only the columns and their types are checked: a tiny dataset may have a
-    split with no rows, where a mean (the synthetic share) is undefined and row checks are vacuous.
+    With `empty=True` only the columns and their types are checked: a file with no rows
+    (a split a tiny dataset leaves empty) has nothing else to check.
     """
     groups = [_schema]
     if not empty:
-        groups += [_not_null, _ids_and_texts, _token_bounds, _languages, _synthetic_cap, _provenance,
-                   _one_row_per_cluster]
+        groups += [_not_null, _token_bounds, _languages, _provenance]
     # The suite gets its expectations at construction: `add_expectation` needs an active context.
+    return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[e for group in groups for e in group(params)])
+
+
+def split_suite(params: SuiteParams, name: str) -> gx.ExpectationSuite:
+    """The suite for a whole split's compact frame (hashes of id, text and cluster id, and
+    synthetic), named `default.<name>`; only for a split with rows, where a mean is defined."""
+    groups = [_ids_and_texts, _synthetic_cap, _one_row_per_cluster]
     return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[e for group in groups for e in group(params)])
 
 
@@ -108,6 +118,7 @@ def _not_null(params: SuiteParams) -> list[gxe.Expectation]:
 
 
 def _ids_and_texts(params: SuiteParams) -> list[gxe.Expectation]:
+    # On the split's frame, `id` and `text` hold 64-bit hashes: equal values, equal hashes.
     return [
         gxe.ExpectColumnValuesToBeUnique(
             column="id",
@@ -192,7 +203,8 @@ def _one_row_per_cluster(params: SuiteParams) -> list[gxe.Expectation]:
 
 
 def lineage_suite() -> gx.ExpectationSuite:
-    """The suite for the cross-split lineage frame (columns key, n_splits, splits)."""
+    """The suite for the cross-split lineage frame (columns key (a 64-bit hash), n_splits,
+    splits, key_name)."""
     no_shared_lineage = gxe.ExpectColumnValuesToBeBetween(
         column="n_splits",
         min_value=1,
@@ -217,7 +229,7 @@ def safety_columns(params: SuiteParams) -> dict[str, str]:
 
 
 def safety_suite(params: SuiteParams) -> gx.ExpectationSuite:
-    """The suite for the safety frame (columns id and `safety_columns`): nothing left to find."""
+    """The suite for one file's safety frame (columns id, split and `safety_columns`): nothing left to find."""
     return gx.ExpectationSuite(name=f"{SUITE}.safety", expectations=[
         gxe.ExpectColumnValuesToBeBetween(
             column=column, min_value=0, max_value=0,

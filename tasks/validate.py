@@ -1,10 +1,17 @@
-"""Validate stage: run the Great Expectations suite over every split of a release.
+"""Validate stage: run the Great Expectations suite over a release, one file at a time.
 
-Each split is one batch checked by `expectations.default.split_suite`; a frame derived from
-all splits together is checked by `lineage_suite` (no id, cluster or parent in two splits),
-and one of what the filters' own detectors still find in each row by `safety_suite`.
-GE runs in an ephemeral context whose only Data Docs site is `out_dir/data_docs`, so
-nothing is written outside `out_dir` and no GE project folder is created.
+Memory does not grow with the release: each data file is read, checked and let go before
+the next. Its rows are one batch of `expectations.default.rows_suite` (named after the file,
+e.g. `train-00001-of-00004`), and what the filter steps' own detectors still find in them
+one of `safety_suite` (`train-00001-of-00004 safety`). What holds over a whole split or
+across splits (unique ids and texts, the synthetic share, one row per cluster, no lineage in
+two splits) is checked on compact frames of hashes gathered while streaming
+(`tasks.validate_sets`): one batch of `split_suite` per split and one of `lineage_suite`.
+
+All batches are one validation run. GE runs in an ephemeral context whose only Data Docs
+site is `out_dir/data_docs`, built once at the end, so nothing is written outside `out_dir`
+and no GE project folder is created. The summary reports per split (and `lineage`,
+`safety`); a failure found in several files is one finding that names them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import great_expectations as gx
@@ -29,68 +37,47 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from corpusmill.expectations.default import SUITE, SuiteParams, lineage_suite, safety_columns, safety_suite, split_suite
+from corpusmill.expectations.default import (
+    SUITE,
+    SuiteParams,
+    lineage_suite,
+    rows_suite,
+    safety_columns,
+    safety_suite,
+    split_suite,
+)
 from corpusmill.tasks import schema
 from corpusmill.tasks.datadocs import make_offline
+from corpusmill.tasks.validate_sets import Lineage, SplitKeys, flagged, lineage_frame, resolve, split_frame
 
 LINEAGE = "lineage"
 SAFETY = "safety"
 SAMPLE = 5  # unexpected values quoted per failure
 VALUE_CHARS = 60  # characters quoted per unexpected value (texts can be long)
+FILES_QUOTED = 3  # files quoted per finding when one expectation fails in several
 
 
-def read_split(paths: list[Path]) -> pd.DataFrame:
-    """All rows of one split's Parquet files as one frame (0 rows, release columns, if none)."""
-    if not paths:
-        return schema.RELEASE.empty_table().to_pandas()
-    try:
-        # No schema promotion: a column missing from one file would turn into nulls and hide.
-        table = pa.concat_tables([pq.read_table(p) for p in paths])
-    except pa.ArrowInvalid as e:
-        names = ", ".join(str(p) for p in paths)
-        raise ValueError(
-            f"the files of one split ({names}) have different schemas; they must load as one table: {e}"
-        ) from None
-    return table.to_pandas()
+def read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One release file's rows: the only way validation reads data, one file at a time."""
+    return pq.read_table(path, columns=columns)
 
 
-def lineage_frame(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per lineage key with the splits it occurs in: columns key, n_splits, splits.
-
-    Keys are every row's id and cluster_id and every synthetic row's parent_id, so a row,
-    its near duplicates and its paraphrases share keys. Columns a split lacks are skipped;
-    the split suite reports the schema error.
-    """
-    parts = [pd.DataFrame({"key": pd.Series(dtype="str"), "split": pd.Series(dtype="str")})]
-    for split, df in frames.items():
-        for column in ("id", "cluster_id"):
-            if column in df.columns:
-                parts.append(pd.DataFrame({"key": df[column], "split": split}))
-        if "parent_id" in df.columns and "synthetic" in df.columns:
-            parents = df.loc[df["synthetic"].eq(True), "parent_id"]
-            parts.append(pd.DataFrame({"key": parents, "split": split}))
-    long = pd.concat(parts, ignore_index=True).dropna(subset=["key"])
-    # Key x split membership; `any` per group is vectorised, unlike crosstab's default count.
-    member = pd.get_dummies(long["split"], dtype=bool).groupby(long["key"], sort=True).any()
-    out = pd.DataFrame(index=member.index)
-    out["n_splits"] = member.sum(axis=1).astype("int64")
-    # Readable list of splits per key ("train+test"), in the order the splits were given.
-    names = pd.Series("", index=member.index, dtype="str")
-    for split in (s for s in frames if s in member.columns):
-        names = names.where(~member[split], names + "+" + split)
-    out["splits"] = names.str.removeprefix("+")
-    return out.reset_index()
+def check_schemas(split_files: dict[str, list[Path]]) -> None:
+    """The files of each split must share one schema (from their footers; no rows read)."""
+    for paths in split_files.values():
+        schemas = [pq.read_schema(p) for p in paths]
+        if any(not s.equals(schemas[0]) for s in schemas[1:]):
+            names = ", ".join(str(p) for p in paths)
+            raise ValueError(f"the files of one split ({names}) have different schemas; they must load as one table")
 
 
-def safety_frame(frames: dict[str, pd.DataFrame], params: SuiteParams,
+def safety_frame(table: pa.Table, split: str, params: SuiteParams,
                  decontamination_index: Path | None = None) -> pd.DataFrame:
-    """One row per release row (id, split) with a count column per `safety_columns`: the
+    """One row per row of `table` (id, split) with a count column per `safety_columns`: the
     personal data of each type and the n-grams of each eval set the filter steps' own
     detectors still find in its text."""
-    parts = [pd.DataFrame({"id": df["id"], "split": split, "text": df["text"]})
-             for split, df in frames.items() if "id" in df.columns and "text" in df.columns]
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"id": [], "split": [], "text": []})
-    texts = rows.pop("text").tolist()
+    rows = pd.DataFrame({"id": table["id"].to_pandas(), "split": split})
+    texts = table["text"]
     if params.personal_data:
         from corpusmill.tasks.filters.pii import types_found
 
@@ -100,7 +87,7 @@ def safety_frame(frames: dict[str, pd.DataFrame], params: SuiteParams,
     if params.eval_sets:
         from corpusmill.tasks.filters.decontaminate import count_hits
 
-        for name, hits in count_hits(texts, decontamination_index, params.eval_sets).items():
+        for name, hits in count_hits(texts.to_pylist(), decontamination_index, params.eval_sets).items():
             rows[f"eval_hits.{name}"] = hits
     return rows
 
@@ -157,15 +144,97 @@ def _observed(result: dict, exception_info: dict | None) -> str:
     return observed
 
 
-def _finding(batch: str, expectation_result) -> dict:
-    config = expectation_result.expectation_config
-    return {
-        "batch": batch,
-        "expectation": config.type,
-        "column": config.kwargs.get("column"),
-        "observed": _observed(expectation_result.result, expectation_result.exception_info),
-        "why": config.meta.get("why", ""),
-    }
+@dataclass
+class Batch:
+    """One GE batch's outcome: `report` is what the summary files it under (a split, lineage
+    or safety), `file` the release file it came from (None for the split and lineage frames)."""
+
+    name: str
+    report: str
+    file: str | None
+    rows: int
+    result: object  # GE's ExpectationSuiteValidationResult
+
+
+class Run:
+    """One GE validation run over many batches, each suite added once and reused."""
+
+    def __init__(self, docs_dir: Path):
+        self.docs_dir = docs_dir
+        self.context = _context(docs_dir)
+        self.source = self.context.data_sources.add_pandas("release")
+        self.suites: dict[str, gx.ExpectationSuite] = {}
+        # One run id for all batches, so Data Docs lists them as one validation run.
+        self.run_id = RunIdentifier(run_name=f"corpusmill-{SUITE}")
+        self.batches: list[Batch] = []
+
+    def check(self, name: str, report: str, file: str | None, frame: pd.DataFrame, suite: gx.ExpectationSuite,
+              index_columns: list[str]) -> None:
+        """Validate `frame` as batch `name` against `suite`, naming failing rows by `index_columns`."""
+        if suite.name not in self.suites:
+            self.suites[suite.name] = self.context.suites.add(suite)
+        definition = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all rows")
+        validation = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=definition, suite=self.suites[suite.name]))
+        # A validation definition, not a checkpoint per batch, and Data Docs built once at the
+        # end: each checkpoint and docs update cost about as much again as the checks themselves.
+        result = validation.run(batch_parameters={"dataframe": frame}, run_id=self.run_id, result_format={
+            "result_format": "SUMMARY", "partial_unexpected_count": SAMPLE,
+            "unexpected_index_column_names": [c for c in index_columns if c in frame.columns]})
+        self.batches.append(Batch(name, report, file, len(frame), result))
+
+    def check_file(self, split: str, path: Path, table: pa.Table, params: SuiteParams,
+                   decontamination_index: Path | None) -> None:
+        """The row-level suites on one release file's rows."""
+        name = Path(path).name.removesuffix(".parquet")
+        empty = table.num_rows == 0
+        self.check(name, split, name, table.to_pandas(), rows_suite(params, "rows", empty=empty), ["id"])
+        if safety_columns(params) and {"id", "text"} <= set(table.column_names):
+            frame = safety_frame(table, split, params, decontamination_index)
+            self.check(f"{name} {SAFETY}", SAFETY, name, frame, safety_suite(params), ["id", "split"])
+
+    def finish(self) -> None:
+        """Write the Data Docs of every batch, readable offline."""
+        self.context.build_data_docs()
+        make_offline(self.docs_dir)  # no CDN stylesheets or scripts: the reports read offline, inside the release
+
+
+def _findings(batches: list[Batch]) -> tuple[list[dict], list[dict]]:
+    """Critical failures and warnings, one per report and expectation: a failure found in
+    several files of a split is one finding naming them, not one per file."""
+    merged: dict[tuple, dict] = {}
+    for batch in batches:
+        for expectation_result in batch.result.results:
+            if expectation_result.success:
+                continue
+            config = expectation_result.expectation_config
+            observed = _observed(expectation_result.result, expectation_result.exception_info)
+            key = (batch.report, config.type, config.kwargs.get("column"))
+            finding = merged.setdefault(key, {
+                "batch": batch.report, "expectation": config.type, "column": config.kwargs.get("column"),
+                "files": [], "observed": [], "why": config.meta.get("why", ""),
+                "critical": config.meta.get("critical", True)})
+            finding["files"] += [batch.file] if batch.file else []
+            finding["observed"].append(f"{batch.file}: {observed}" if batch.file else observed)
+    critical, warnings = [], []
+    for finding in merged.values():
+        seen, more = finding["observed"][:FILES_QUOTED], len(finding["observed"]) - FILES_QUOTED
+        if len(seen) == 1:  # one file: the file is named in `files`, the observation reads as GE's
+            seen = [seen[0].removeprefix(f"{finding['files'][0]}: ")] if finding["files"] else seen
+        finding["observed"] = "; ".join(seen) + (f"; and {more} more files" if more > 0 else "")
+        (critical if finding.pop("critical") else warnings).append(finding)
+    return critical, warnings
+
+
+def _per_report(batches: list[Batch], splits: list[str]) -> dict[str, dict]:
+    """Rows and success per split, lineage and safety (a split's rows counted once, from its files)."""
+    out = {s: {"rows": 0, "success": True} for s in splits}
+    for batch in batches:
+        entry = out.setdefault(batch.report, {"rows": 0, "success": True})
+        if batch.file or batch.report == LINEAGE:
+            entry["rows"] += batch.rows
+        entry["success"] = entry["success"] and batch.result.success
+    return out
 
 
 def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, out_dir: Path,
@@ -177,65 +246,44 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     unknown = sorted(set(split_files) - set(schema.SPLITS))
     if unknown:
         raise ValueError(f"unknown split names {unknown}; a release has splits {list(schema.SPLITS)}")
+    split_files = {s: [Path(p) for p in split_files[s]] for s in schema.SPLITS if s in split_files}
+    check_schemas(split_files)
     out_dir = Path(out_dir).resolve()  # GE's Data Docs site refuses relative folders
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"
 
-    frames = {s: read_split([Path(p) for p in split_files[s]]) for s in schema.SPLITS if s in split_files}
-    batches = {s: (df, split_suite(params, s, empty=len(df) == 0)) for s, df in frames.items()}
-    batches[LINEAGE] = (lineage_frame(frames), lineage_suite())
-    if safety_columns(params):
-        batches[SAFETY] = (safety_frame(frames, params, decontamination_index), safety_suite(params))
+    run = Run(docs_dir)
+    keys = {split: SplitKeys() for split in split_files}
+    for split, paths in split_files.items():
+        for path in paths:
+            table = read_file(path)
+            run.check_file(split, path, table, params, decontamination_index)
+            keys[split].add(table)
+            del table  # before the next file is read
+    lineage = Lineage.of(keys, schema.SPLITS)
+    wanted = flagged(keys, lineage, SAMPLE)
+    row_ids, key_names = resolve(split_files, wanted, read_file) if wanted else ({}, {})
+    for split, split_keys in keys.items():
+        if split_keys.rows:  # an empty split has no share or duplicates to check
+            run.check(split, split, None, split_frame(split_keys, row_ids.get(split, {})),
+                      split_suite(params, "split"), ["row_id"])
+    run.check(LINEAGE, LINEAGE, None, lineage_frame(lineage, key_names, schema.SPLITS), lineage_suite(),
+              ["key_name", "splits"])
+    run.finish()
 
-    context = _context(docs_dir)
-    source = context.data_sources.add_pandas("release")
-    # One run id for all batches, so Data Docs lists them as one validation run.
-    run_id = RunIdentifier(run_name=f"corpusmill-{SUITE}")
-    results = {}
-    for batch, (df, suite) in batches.items():
-        definition = source.add_dataframe_asset(batch).add_batch_definition_whole_dataframe("all rows")
-        validation = context.validation_definitions.add(
-            gx.ValidationDefinition(name=batch, data=definition, suite=context.suites.add(suite))
-        )
-        # Name failing rows by their id (the lineage frame: by key and splits) in the report.
-        index_columns = ["key", "splits"] if batch == LINEAGE else [c for c in ("id", "split") if c in df.columns]
-        # A checkpoint per batch: a checkpoint passes the same dataframe to all its validations.
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"release-{batch}",
-                validation_definitions=[validation],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                result_format={
-                    "result_format": "SUMMARY",
-                    "partial_unexpected_count": SAMPLE,
-                    "unexpected_index_column_names": index_columns,
-                },
-            )
-        )
-        (results[batch],) = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id).run_results.values()
-    make_offline(docs_dir)  # no CDN stylesheets or scripts: the reports read offline, inside the release
-
-    critical, warnings = [], []
-    for batch, result in results.items():
-        for expectation_result in result.results:
-            if not expectation_result.success:
-                finding = _finding(batch, expectation_result)
-                (critical if expectation_result.expectation_config.meta.get("critical", True) else warnings).append(
-                    finding
-                )
-
+    critical, warnings = _findings(run.batches)
     summary = {
         "success": not critical,
         "suite": SUITE,
-        "evaluated": sum(r.statistics["evaluated_expectations"] for r in results.values()),
-        "failed": sum(r.statistics["unsuccessful_expectations"] for r in results.values()),
+        "evaluated": sum(b.result.statistics["evaluated_expectations"] for b in run.batches),
+        "failed": sum(b.result.statistics["unsuccessful_expectations"] for b in run.batches),
         "critical_failures": critical,
         "warnings": warnings,
-        "per_batch": {b: {"rows": len(batches[b][0]), "success": r.success} for b, r in results.items()},
+        "per_batch": _per_report(run.batches, list(split_files)),
         "results": str(out_dir / "results.json"),
         "data_docs": str(docs_dir / "index.html"),
     }
-    report = {"summary": summary, "results": {b: r.to_json_dict() for b, r in results.items()}}
+    report = {"summary": summary, "results": {b.name: b.result.to_json_dict() for b in run.batches}}
     (out_dir / "results.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -248,6 +296,9 @@ def format_failures(summary: dict) -> str:
     items = []
     for f in failures:
         where = f"[{f['batch']}] {f['expectation']}" + (f" on column {f['column']}" if f["column"] else "")
+        if f.get("files"):
+            more = len(f["files"]) - FILES_QUOTED
+            where += f" in {', '.join(f['files'][:FILES_QUOTED])}" + (f" and {more} more files" if more > 0 else "")
         items.append(f"{where}: {f['observed']} (why: {f['why']})")
     return (
         f"Validation failed: {len(failures)} critical expectation(s) of suite {summary['suite']} failed, "

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import split_row, suite_params, synthetic_row, valid_rows, write_split_files
 
-from corpusmill.expectations.default import SuiteParams, lineage_suite, split_suite
+from corpusmill.expectations.default import SuiteParams, lineage_suite, rows_suite, split_suite
 from corpusmill.tasks import schema
 from corpusmill.tasks.filters import parse_step
 from corpusmill.tasks.filters.pii import TYPES as PII_TYPES
 from corpusmill.tasks.recipe import parse_recipe
-from corpusmill.tasks.validate import format_failures, lineage_frame, validate_release
+from corpusmill.tasks.validate import format_failures, validate_release
 
 PARAMS = suite_params()
 
@@ -43,8 +43,9 @@ def test_valid_release_passes_and_writes_reports(tmp_path, cwd):
         "test": {"rows": 5, "success": True},
         "lineage": {"rows": 30, "success": True},
     }
-    expected = 3 * len(split_suite(PARAMS, "x").expectations) + len(lineage_suite().expectations)
-    assert summary["evaluated"] == expected
+    # one file per split: its rows, then the split's set-level checks; then lineage
+    per_split = len(rows_suite(PARAMS, "x").expectations) + len(split_suite(PARAMS, "x").expectations)
+    assert summary["evaluated"] == 3 * per_split + len(lineage_suite().expectations)
 
     assert sorted(p.name for p in out.iterdir()) == ["data_docs", "results.json"]
     assert (out / "data_docs" / "index.html").is_file()
@@ -52,7 +53,8 @@ def test_valid_release_passes_and_writes_reports(tmp_path, cwd):
     text = (out / "results.json").read_text()
     report = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json holds {c}, not valid JSON"))
     assert report["summary"] == summary
-    assert sorted(report["results"]) == ["lineage", "test", "train", "validation"]
+    assert sorted(report["results"]) == ["lineage", "test", "test-00000-of-00001", "train", "train-00000-of-00001",
+                                         "validation", "validation-00000-of-00001"]
     assert text == json.dumps(report, sort_keys=True, indent=2) + "\n"
     assert list(cwd.iterdir()) == [], "GE wrote into the working directory"
 
@@ -275,29 +277,13 @@ def test_a_decontaminated_eval_set_left_in_a_release_fails_it(tmp_path):
     assert "validation-001" in failure["observed"]
 
 
-def test_every_expectation_says_why_and_empty_splits_check_only_the_schema():
-    suite = split_suite(PARAMS, "train")
-    assert all(
-        isinstance(e.meta["critical"], bool) and e.meta["why"]
-        for e in suite.expectations + lineage_suite().expectations
-    )
-    empty = split_suite(PARAMS, "test", empty=True).expectations
+def test_every_expectation_says_why_and_empty_files_check_only_the_schema():
+    suites = [rows_suite(PARAMS, "rows"), split_suite(PARAMS, "train"), lineage_suite()]
+    assert all(isinstance(e.meta["critical"], bool) and e.meta["why"] for s in suites for e in s.expectations)
+    empty = rows_suite(PARAMS, "rows", empty=True).expectations
     assert [e.expectation_type for e in empty] == ["expect_table_columns_to_match_ordered_list"] + [
         "expect_column_values_to_be_of_type"
     ] * len(schema.RELEASE)
-
-
-def test_lineage_frame_counts_splits_per_key():
-    frames = {
-        split: pa.Table.from_pylist(split_rows, schema=schema.RELEASE).to_pandas()
-        for split, split_rows in valid_rows().items()
-    }
-    frames["test"].loc[4, "parent_id"] = "train-007"
-    frame = lineage_frame(frames).set_index("key")
-    assert list(frame.columns) == ["n_splits", "splits"]
-    assert frame.loc["train-007"].to_dict() == {"n_splits": 2, "splits": "train+test"}
-    assert frame.loc["test-004"].to_dict() == {"n_splits": 1, "splits": "test"}
-    assert len(frame) == 30
 
 
 def test_params_from_recipe():

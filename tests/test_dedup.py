@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -480,12 +483,20 @@ def test_dedup_file_names_file_and_column_when_text_is_missing(tmp_path):
     assert not (tmp_path / "out.parquet").exists()
 
 
-# --- vectorised features, banding choice, band tasks, the cluster cap ----------------------
+# --- batch features, banding choice, band tasks, the cluster cap ----------------------
 
 
-def test_vectorised_features_equal_the_per_text_reference():
+# Characters where a byte-level scan can go wrong: multi-byte word characters, whitespace
+# beyond ASCII (\x1c-\x1f, \x85, nbsp, em space, ideographic space, line separator),
+# combining marks (not \\w), case-folding that changes length, 4-byte characters.
+TRICKY = list("aZ09_ .,!-'\t\n\x1c\x1f\x85\u00a0\u2003\u3000\u2028\u0301ßẞİıſﬁΣσςΐé日本語😀𝔘𝔫١٢")
+
+
+def test_batch_features_equal_the_per_text_reference():
+    rng = random.Random(3)
+    fuzz = ["".join(rng.choice(TRICKY) for _ in range(rng.randrange(40))) for _ in range(300)]
     texts = ["The cat, the CAT!  sat.", "Hello,   World", "", " ... !! ", None, "Straße eins zwei", "STRASSE EINS ZWEI",
-             "ﬁne İstanbul ΣΊΣΥΦΟΣ ς end", "日本語のテキスト　全角\u00a0nbsp\u2003em 😀 𝔘𝔫𝔦", PARAGRAPH, "a b c d"]
+             "ﬁne İstanbul ΣΊΣΥΦΟΣ ς end", "日本語のテキスト　全角\u00a0nbsp\u2003em 😀 𝔘𝔫𝔦", PARAGRAPH, "a b c d"] + fuzz
     for ngram in (1, 3, 5):
         hashes, shingle, counts = dedup.features(texts, ngram)
         offsets = np.r_[0, np.cumsum(counts)]
@@ -494,6 +505,52 @@ def test_vectorised_features_equal_the_per_text_reference():
             assert hashes[i] == dedup.text_hash(text)
             assert set(shingle[offsets[i] : offsets[i + 1]].tolist()) == {dedup.shingle_hash64(s) for s in shingles(text, ngram)}
     assert dedup.text_hash("Straße  eins") == dedup.text_hash("STRASSE eins") != dedup.text_hash("strasse eins!")
+
+
+def test_character_tables_follow_python_for_every_code_point():
+    from corpusmill.tasks.dedup.text import _unicode_tables
+
+    word, space, differs = _unicode_tables()
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    codes = np.array([ord(c) for c in chars])
+    assert np.array_equal(word[codes], [c.isalnum() or c == "_" for c in chars])  # Python's \\w
+    assert np.array_equal(space[codes], [c.isspace() for c in chars])  # str.split's whitespace
+    arrow = pc.utf8_lower(pa.array(chars)).to_pylist()
+    assert np.array_equal(differs[codes], [c.casefold() != low for c, low in zip(chars, arrow)])
+
+
+# sha256 over text hashes (<u8), shingle hashes (<u8), counts (<i8) and signatures (<u4; 128
+# permutations, seed 1) of every blank-line paragraph of these files, as computed by the
+# numpy implementation at commit 0f8c569, before the compiled scan replaced it: releases
+# built before and after must be byte-identical.
+FROZEN_FILES = ["gutenberg/11-0.txt", "gutenberg/11-old-alice30.txt", "gutenberg/1342-0.txt",
+                "gutenberg/1342-old-pandp10.txt", "gutenberg/2701-0.txt", "gutenberg/2701-old-moby10b.txt",
+                "tinyshakespeare/input.txt", "wikitext-2/test.txt", "wikitext-2/valid.txt"]
+FROZEN_DIGESTS = {5: "0d2e362130e18bd15aeac6f2b863ae442cce869db68a7606c0a767675716de27",
+                  3: "d1ae1794ad59dfc780cbc84449a66b39a034e0f833b894bf9c89e395b3547ce6"}
+
+
+def test_features_and_signatures_of_real_text_keep_their_frozen_values(corpora):
+    texts = []
+    for name in FROZEN_FILES:
+        text = (corpora / name).read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        texts += re.split(r"\n\s*\n", text)
+    assert len(texts) == 21535
+    for ngram, expected in FROZEN_DIGESTS.items():
+        hashes, shingle, counts = dedup.features(texts, ngram)
+        signature = dedup.minhash(shingle, counts, 128, 1)
+        digest = hashlib.sha256()
+        for values in (hashes.astype("<u8"), shingle.astype("<u8"), counts.astype("<i8"), signature.astype("<u4")):
+            digest.update(values.tobytes())
+        assert digest.hexdigest() == expected, ngram
+
+
+@pytest.mark.parametrize("num_perm, seed", [(128, 1), (256, 42), (7, 0)])
+def test_permutations_are_datasketchs_own(num_perm, seed):
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    ours = lsh.permutations(num_perm, seed)
+    assert ours[0].dtype == ours[1].dtype == np.uint32
+    assert np.array_equal(ours[0], a) and np.array_equal(ours[1], b)
 
 
 def test_banding_reaches_the_recall_target_with_fewest_false_candidates():

@@ -1,4 +1,4 @@
-"""The hashes dedup is built on: one definition, a Python reference and a vectorised form.
+"""The hashes dedup is built on: one definition, with a Python reference for one value.
 
 A byte string (a word, or a whitespace-separated token) hashes to
     fmix64(sum_i byte_i * P^i + len * L)            (mod 2^64)
@@ -8,13 +8,13 @@ and a shingle's 32-bit hash (datasketch's `hashfunc` input) is the high half of 
 64-bit hash. The exact Jaccard is computed on the 64-bit shingle hashes.
 
 The reference functions (`bytes_hash`, `fold`, `shingle_hash64`, `shingle_hash32`) work on
-one value at a time; `hash_strings` and `fold_segments` compute the same over whole arrays.
+one value at a time; `text.features` computes the same for whole batches in a compiled loop,
+with `fmix64_compiled`.
 """
 
 from __future__ import annotations
 
-import functools
-
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -33,6 +33,9 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xC4CEB9FE1A85EC53)
     return h ^ (h >> np.uint64(33))
+
+
+fmix64_compiled = numba.njit(cache=True, nogil=True)(fmix64)  # the same finalizer, for one uint64 in compiled loops
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -75,7 +78,7 @@ def shingle_hash32(shingle: bytes) -> int:
     return shingle_hash64(shingle) >> 32
 
 
-# --- the same, over arrays ---------------------------------------------------------------
+# --- arrays ---------------------------------------------------------------
 
 
 def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -86,42 +89,3 @@ def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.frombuffer(off, dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
     return offsets - offsets[0], data[offsets[0] : offsets[-1]]
-
-
-@functools.cache
-def _p_powers(n: int) -> np.ndarray:
-    return np.cumprod(np.r_[np.uint64(1), np.full(max(n - 1, 0), P, dtype=np.uint64)], dtype=np.uint64)
-
-
-@functools.cache
-def q_powers(n: int) -> np.ndarray:
-    """Q^0 .. Q^n mod 2^64."""
-    return np.cumprod(np.r_[np.uint64(1), np.full(n, Q, dtype=np.uint64)], dtype=np.uint64)
-
-
-def hash_strings(values: pa.Array) -> np.ndarray:
-    """`bytes_hash` of every (non-null) string of a small array, vectorised over its bytes."""
-    offsets, data = string_buffers(values)
-    lengths = np.diff(offsets)
-    out = lengths.astype(np.uint64) * np.uint64(L)
-    live = np.flatnonzero(lengths)
-    if live.size:
-        local = np.arange(len(data)) - np.repeat(offsets[:-1], lengths)
-        terms = data.astype(np.uint64) * _p_powers(int(lengths.max()))[local]
-        out[live] += np.add.reduceat(terms, offsets[live])
-    return fmix64(out)
-
-
-def fold_segments(values: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
-    """`fold` of each consecutive segment of `values` (segment d has counts[d] items):
-    seed * Q^c + sum_k v_k * Q^(c-1-k), mod 2^64, then fmix64."""
-    counts = counts.astype(np.int64)
-    q = q_powers(int(counts.max(initial=0)) + 1)
-    out = np.uint64(seed) * q[counts]
-    live = np.flatnonzero(counts)
-    if live.size:
-        starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
-        doc = np.repeat(np.arange(len(counts)), counts)
-        exponent = counts[doc] - 1 - (np.arange(len(values)) - starts[doc])
-        out[live] += np.add.reduceat(values * q[exponent], starts[live])
-    return fmix64(out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
-from datasketch import MinHash
 
 from corpusmill.tasks.dedup.hashing import L, M64, Q, fmix32, fmix64
 from corpusmill.tasks.recipe import Dedup
@@ -20,43 +20,40 @@ SCHEME = "affine32"  # datasketch 2.0's default; named so stored signatures say 
 SHINGLE_HASH = "corpusmill-poly64-v1"  # the hashfunc behind the signatures: see hashing.shingle_hash32
 EMPTY_SLOT = np.uint32(0xFFFFFFFF)  # every slot of an affine32 MinHash that saw no shingle
 FULL_BUCKET = 32  # LSH buckets up to this size give all their pairs; larger ones a star and a chain
-_PERM_CHUNK = 16_384  # shingles per block of the permutation step: (num_perm, chunk) uint32
 
 
 @functools.cache
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters (a, b) for (num_perm, seed)."""
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+    """datasketch's affine32 permutation parameters (a, b) for (num_perm, seed), drawn as
+    `MinHash._init_permutations` draws them (importing datasketch takes seconds): odd `a`,
+    any `b`, from numpy's legacy RandomState, whose stream numpy keeps stable."""
+    draw = np.random.RandomState(seed)
+    a = draw.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = draw.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def minhash(shingle64: np.ndarray, counts: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     """(documents, num_perm) uint32 signatures: datasketch affine32 MinHash of each document's
-    shingles with `hashfunc=shingle_hash32`, for all documents at once, in blocks of about
-    _PERM_CHUNK shingles laid out (num_perm, shingles) so every step is a contiguous loop."""
+    shingles with `hashfunc=shingle_hash32`, for all documents at once."""
     a, b = permutations(num_perm, seed)
-    a, b = a[:, None], b[:, None]
     hv = fmix32((shingle64 >> np.uint64(32)).astype(np.uint32))
-    n = len(counts)
-    signature = np.full((n, num_perm), EMPTY_SLOT, dtype=np.uint32)
-    live = np.flatnonzero(counts)
-    if not live.size:
-        return signature
-    end = np.cumsum(counts)[live]
-    begin = end - counts[live]
-    buffer = np.empty((num_perm, _PERM_CHUNK), dtype=np.uint32)
-    i = 0
-    while i < len(live):
-        j = max(i + 1, int(np.searchsorted(end, begin[i] + _PERM_CHUNK, side="right")))
-        lo, hi = int(begin[i]), int(end[j - 1])
-        if hi - lo > buffer.shape[1]:
-            buffer = np.empty((num_perm, hi - lo), dtype=np.uint32)
-        block = buffer[:, : hi - lo]
-        np.multiply(a, hv[lo:hi], out=block)
-        block += b
-        signature[live[i:j]] = np.minimum.reduceat(block, begin[i:j] - lo, axis=1).T
-        i = j
+    signature = np.full((len(counts), num_perm), EMPTY_SLOT, dtype=np.uint32)
+    _permute_min(hv, counts.astype(np.int64), a, b, signature)
     return signature
+
+
+@numba.njit(cache=True, nogil=True)
+def _permute_min(hv, counts, a, b, signature):  # pragma: no cover (compiled; tested through `minhash`)
+    """signature[d, p] = min over document d's shingle hashes h of (a[p] * h + b[p]) mod 2^32."""
+    start = 0
+    for d in range(len(counts)):
+        row = signature[d]
+        for s in range(start, start + counts[d]):
+            h = hv[s]
+            for p in range(len(a)):
+                row[p] = min(row[p], np.uint32(a[p] * h + b[p]))
+        start += counts[d]
 
 
 # --- how many bands ----------------------------------------------------------------------

@@ -3,7 +3,8 @@ hashes of both, per text (the reference) and for a whole batch at once (`feature
 
 Words are runs of \\w (Python's definition) in the case-folded text; tokens, for the
 exact-duplicate hash, are the runs between whitespace (str.split's). The batch path finds
-both with per-code-point tables over the UTF-8 bytes, so no Python loop runs per text.
+and hashes both in one compiled pass over the UTF-8 bytes (numba), classing characters with
+per-code-point tables, so no Python code runs per text or per word.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import functools
 import re
 import sys
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpusmill.tasks.dedup.hashing import (
-    M64, SEED_SHINGLE, SEED_TEXT, bytes_hash, fmix64, fold, fold_segments, hash_strings, q_powers, string_buffers,
-)
+from corpusmill.tasks.dedup.hashing import L, P, Q, SEED_TEXT, SEED_SHINGLE, bytes_hash, fmix64_compiled, fold, string_buffers
 
 _WORD = re.compile(r"\w+")
-_FEATURE_BYTES = 1 << 20  # text bytes per piece of the byte-level passes
+_FEATURE_BYTES = 1 << 20  # text bytes per piece: bounds the scan's scratch arrays (about 8x this)
 
 
 def normalize(text: str) -> str:
@@ -50,8 +50,8 @@ def shingles(text: str, ngram: int) -> set[bytes]:
 def features(texts, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For a batch of texts (a list or an Arrow string array; None counts as empty):
     `text_hash` of each, and the 64-bit hashes of all their shingles (`shingle_hash64` of
-    every word n-gram, in order, repeats included) with the number per text. Vectorised
-    over the whole batch; equal to the per-text reference functions."""
+    every word n-gram, in order, repeats included) with the number per text. Equal to the
+    per-text reference functions."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     elif not isinstance(texts, pa.Array):
@@ -59,7 +59,7 @@ def features(texts, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     texts = pc.fill_null(texts.cast(pa.large_string()), "")
     offsets, _ = string_buffers(texts)
     cuts = [0]
-    while cuts[-1] < len(texts):  # pieces of about _FEATURE_BYTES, so the byte passes stay in cache
+    while cuts[-1] < len(texts):  # pieces of about _FEATURE_BYTES
         cuts.append(max(cuts[-1] + 1, int(np.searchsorted(offsets, offsets[cuts[-1]] + _FEATURE_BYTES, side="right")) - 1))
         cuts[-1] = min(cuts[-1], len(texts))
     if len(cuts) > 2:
@@ -69,14 +69,8 @@ def features(texts, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _features(texts: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    folded = _casefold(texts)
-    offsets, data = string_buffers(folded)
-    is_word, is_space = _char_classes(data)
-    token, token_counts = _runs(data, ~is_space, offsets)
-    hashes = fold_segments(token, token_counts, SEED_TEXT)
-    word, word_counts = _runs(data, is_word, offsets)
-    shingle, counts = _shingle_hashes(word, word_counts, ngram)
-    return hashes, shingle, counts
+    offsets, data = string_buffers(_casefold(texts))
+    return _scan(data, offsets, _char_class(), ngram)
 
 
 # --- Unicode: the same classes and case-folding as Python's, over UTF-8 bytes -------------
@@ -85,24 +79,42 @@ def _features(texts: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray, np.n
 @functools.cache
 def _unicode_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per code point: is it \\w (Python's definition), is it whitespace (str.split's), and
-    does Arrow's utf8_lower disagree with str.casefold on it. Built once per process (~1 s)."""
-    codes = np.array([c for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF], dtype=np.uint32)
+    does Arrow's utf8_lower disagree with str.casefold on it. Built once per process (~0.2 s)."""
+    codes = np.arange(sys.maxunicode + 1, dtype=np.uint32)
+    codes = codes[(codes < 0xD800) | (codes > 0xDFFF)]  # every code point but the surrogates
     text = codes.astype("<u4").tobytes().decode("utf-32-le")
-    word = np.zeros(sys.maxunicode + 1, dtype=bool)
-    word[codes] = np.frombuffer(re.sub(r"\W", "\0", text).encode("utf-32-le"), dtype="<u4") != 0
-    space = np.zeros(sys.maxunicode + 1, dtype=bool)
-    space[[ord(c) for c in re.findall(r"\s", text)]] = True
+    word, space = np.zeros((2, sys.maxunicode + 1), dtype=bool)
+    word[codes], space[codes] = _matches(r"\w", text), _matches(r"\s", text)
     # Only characters that some lowering changes can disagree.
-    chars = pa.array(list(text))
+    widths = 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)  # UTF-8 bytes per code point
+    chars = pa.LargeStringArray.from_buffers(
+        len(codes), pa.py_buffer(np.r_[0, np.cumsum(widths)].astype(np.int64)), pa.py_buffer(text.encode("utf-8")))
     arrow = pc.utf8_lower(chars)
     suspects = np.flatnonzero(pc.not_equal(arrow, chars).to_numpy(zero_copy_only=False))
-    suspects = np.union1d(suspects, [i for i, c in enumerate(text) if c.casefold() != c]).astype(np.int64)
+    suspects = np.union1d(suspects, _changed_by_casefold(text)).astype(np.int64)
     arrow_lower = arrow.take(pa.array(suspects)).to_pylist()
     differs = np.zeros(sys.maxunicode + 1, dtype=bool)
     for i, low in zip(suspects.tolist(), arrow_lower):
         if text[i].casefold() != low:
             differs[codes[i]] = True
     return word, space, differs
+
+
+def _matches(char_class: str, text: str) -> np.ndarray:
+    """Per character of `text`: does the regular expression `char_class` match it. Found
+    run by run: code points of one class come in long runs."""
+    edges = np.zeros(len(text) + 1, dtype=np.int64)
+    for run in re.finditer(char_class + "+", text):
+        edges[run.start()] += 1
+        edges[run.end()] -= 1
+    return np.cumsum(edges[:-1]) > 0
+
+
+def _changed_by_casefold(text: str, block: int = 256) -> list[int]:
+    """Positions of the characters str.casefold changes; blocks it leaves alone (most) are
+    skipped whole."""
+    return [start + k for start in range(0, len(text), block) if (part := text[start : start + block]).casefold() != part
+            for k, c in enumerate(part) if c.casefold() != c]
 
 
 def _utf8_codepoints(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,23 +128,6 @@ def _utf8_codepoints(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cp = np.where(b0 >= 0xF0, ((b0 & 0x07) << 18) | (cont(b1) << 12) | (cont(b2) << 6) | cont(b3),
                   np.where(b0 >= 0xE0, ((b0 & 0x0F) << 12) | (cont(b1) << 6) | cont(b2), ((b0 & 0x1F) << 6) | cont(b1)))
     return lead, np.minimum(cp, sys.maxunicode).astype(np.uint32)
-
-
-def _char_classes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per byte of UTF-8 `data`: is the character it belongs to \\w, and is it whitespace."""
-    word_table, space_table, _ = _unicode_tables()
-    lut = (word_table[:256] & (np.arange(256) < 128)).astype(np.uint8) | (space_table[:256] & (np.arange(256) < 128)) * np.uint8(2)
-    cls = lut[data]
-    lead, cp = _utf8_codepoints(data)
-    if lead.size:
-        code = word_table[cp].astype(np.uint8) | space_table[cp].astype(np.uint8) * np.uint8(2)
-        width = np.where(data[lead] >= 0xF0, 4, np.where(data[lead] >= 0xE0, 3, 2))
-        for k in range(4):
-            take = width > k
-            at = lead[take] + k
-            inside = at < len(data)
-            cls[at[inside]] = code[take][inside]
-    return (cls & 1).astype(bool), (cls & 2).astype(bool)
 
 
 def _casefold(texts: pa.Array) -> pa.Array:
@@ -153,56 +148,89 @@ def _casefold(texts: pa.Array) -> pa.Array:
     return pc.replace_with_mask(lowered, pa.array(mask), pa.array(fixed, lowered.type))
 
 
-# --- words and shingles of many texts at once -----------------------------------------------
+
+# --- words, tokens and shingles of many texts at once: one compiled pass over the bytes -----
+
+WORD, SPACE = 1, 2  # bits of a code point's class
+# The hash constants as uint64: numba reads a Python int as int64, and int64 with uint64 gives float64.
+P64, L64, Q64, SEED_TEXT64, SEED_SHINGLE64 = (np.uint64(c) for c in (P, L, Q, SEED_TEXT, SEED_SHINGLE))
 
 
-def _runs(data: np.ndarray, member: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes (`bytes_hash`) of the maximal runs of `member` bytes (runs never cross a
-    document boundary), in order, and the number of runs per document. Each distinct run
-    is hashed once (Arrow dictionary-encodes the runs)."""
+@functools.cache
+def _char_class() -> np.ndarray:
+    """Per code point: WORD if it is \\w, SPACE if it is whitespace (uint8)."""
+    word, space, _ = _unicode_tables()
+    return word.astype(np.uint8) * np.uint8(WORD) | space.astype(np.uint8) * np.uint8(SPACE)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(data, offsets, char_class, ngram):  # pragma: no cover (compiled; tested through `features`)
+    """`text_hash` of every text, and its shingles' `shingle_hash64` with the count per text,
+    from the case-folded texts' UTF-8 bytes (`data`, cut by `offsets`; valid, as Arrow's
+    utf8_lower checked). A token's or a word's `bytes_hash` is built byte by byte as the
+    scan passes it, so every byte is read once."""
     n = len(offsets) - 1
-    if not member.any():
-        return np.zeros(0, dtype=np.uint64), np.zeros(n, dtype=np.int64)
-    edge = np.empty(len(data) + 1, dtype=bool)  # edge[i]: a run starts or ends at i
-    edge[0], edge[-1] = member[0], member[-1]
-    np.not_equal(member[1:], member[:-1], out=edge[1:-1])
-    edge[offsets] = True  # document boundaries cut runs
-    bounds = np.flatnonzero(edge)
-    inner = bounds[:-1]
-    first = np.flatnonzero(member[inner])  # bounds that start a run: the next bound ends it
-    starts, ends = inner[first], bounds[first + 1]
-    lengths = ends - starts
-    word_offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    word_bytes = data[member]
-    words = pa.Array.from_buffers(pa.large_binary(), len(starts), [None, pa.py_buffer(word_offsets), pa.py_buffer(word_bytes)])
-    encoded = pc.dictionary_encode(words)
-    hashes = hash_strings(encoded.dictionary.cast(pa.large_binary()))[encoded.indices.to_numpy()]
-    counts = np.diff(np.searchsorted(starts, offsets))
-    return hashes, counts
+    text_hashes = np.empty(n, np.uint64)
+    counts = np.zeros(n, np.int64)
+    shingles = np.empty(len(data) // 2 + n, np.uint64)  # a text of b bytes has at most (b + 1) // 2 words
+    words = np.empty(len(data) // 2 + 1, np.uint64)  # the current text's word hashes
+    found = 0
+    for d in range(n):
+        text = SEED_TEXT64
+        token, token_power, token_length = np.uint64(0), np.uint64(1), 0
+        word, word_power, word_length = np.uint64(0), np.uint64(1), 0
+        m = 0
+        i, end = offsets[d], offsets[d + 1]
+        while i <= end:
+            # the end of the text counts as a space: it ends the last token and word
+            code, width = _code_point(data, i) if i < end else (0x20, 1)
+            kind = char_class[code]
+            if not kind & SPACE:
+                for k in range(width):
+                    token += np.uint64(data[i + k]) * token_power
+                    token_power *= P64
+                token_length += width
+            elif token_length:
+                text = text * Q64 + fmix64_compiled(token + np.uint64(token_length) * L64)
+                token, token_power, token_length = np.uint64(0), np.uint64(1), 0
+            if kind & WORD:
+                for k in range(width):
+                    word += np.uint64(data[i + k]) * word_power
+                    word_power *= P64
+                word_length += width
+            elif word_length:
+                words[m] = fmix64_compiled(word + np.uint64(word_length) * L64)
+                word, word_power, word_length = np.uint64(0), np.uint64(1), 0
+                m += 1
+            i += width
+        text_hashes[d] = fmix64_compiled(text)
+        counts[d] = _fold_ngrams(words[:m], ngram, shingles[found:])
+        found += counts[d]
+    return text_hashes, shingles[:found].copy(), counts
 
 
-def _shingle_hashes(words: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every document's word n-grams (in order, repeats included) from its
-    word hashes, and the number per document: n-grams for texts of at least `ngram` words,
-    one shingle of all words for shorter texts, none for texts without words."""
-    counts = counts.astype(np.int64)
-    starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
-    long = counts >= ngram
-    nsh = np.where(long, counts - ngram + 1, (counts > 0).astype(np.int64))
-    out_start = np.r_[0, np.cumsum(nsh)[:-1]].astype(np.int64)
-    out = np.empty(int(nsh.sum()), dtype=np.uint64)
-    n_long = nsh[long]
-    total = int(n_long.sum())
-    if total:
-        pos = np.repeat(starts[long], n_long) + np.arange(total) - np.repeat(np.r_[0, np.cumsum(n_long)[:-1]], n_long)
-        q = q_powers(ngram)
-        h = np.full(total, (SEED_SHINGLE * int(q[ngram])) & M64, dtype=np.uint64)
-        for k in range(ngram):
-            h += words[pos + k] * q[ngram - 1 - k]
-        out[np.repeat(long, nsh)] = fmix64(h)
-    short = np.flatnonzero(~long & (counts > 0))
-    if short.size:
-        c = counts[short]
-        idx = np.repeat(starts[short], c) + np.arange(int(c.sum())) - np.repeat(np.r_[0, np.cumsum(c)[:-1]], c)
-        out[out_start[short]] = fold_segments(words[idx], c, SEED_SHINGLE)
-    return out, nsh
+@numba.njit(cache=True, nogil=True)
+def _code_point(data, i):  # pragma: no cover (compiled)
+    """The code point of the UTF-8 character starting at data[i], and its width in bytes."""
+    lead = np.int64(data[i])
+    if lead < 0x80:
+        return lead, 1
+    if lead >= 0xF0:
+        return ((lead & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F), 4
+    if lead >= 0xE0:
+        return ((lead & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F), 3
+    return ((lead & 0x1F) << 6) | (data[i + 1] & 0x3F), 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_ngrams(words, ngram, out):  # pragma: no cover (compiled)
+    """`fold` (seed SEED_SHINGLE) of every run of `ngram` consecutive word hashes into `out`,
+    or of all words when there are fewer; returns how many (0 without words)."""
+    size = min(len(words), ngram)
+    count = len(words) - size + 1 if size else 0
+    for start in range(count):
+        h = SEED_SHINGLE64
+        for k in range(start, start + size):
+            h = h * Q64 + words[k]
+        out[start] = fmix64_compiled(h)
+    return count

@@ -249,7 +249,16 @@ def generate_all(
         usage.update(prompt_tokens=0, new_tokens=0, reused=0)
     if not messages:
         return []
-    backend = backend or get_backend(settings)
+    # From loading the model to the last row: another process must not load or run a model
+    # on the same GPU meanwhile.
+    with holding_gpu(settings):
+        backend = backend or get_backend(settings)
+        return _generate(messages, settings, seed, backend, stage_version=stage_version, on_progress=on_progress,
+                         usage=usage, checkpoint_path=checkpoint_path, on_generated=on_generated)
+
+
+def _generate(messages: Sequence[Messages], settings, seed: int, backend: Backend, *, stage_version: str,
+              on_progress, usage, checkpoint_path, on_generated) -> list[Generation]:
     prepared = backend.prepare(messages)
     checkpoint = Checkpoint(checkpoint_path, settings_key(settings, generator_identity(settings), seed, stage_version))
     keys = [checkpoint.key(p.key) for p in prepared]
@@ -280,6 +289,69 @@ def generate_all(
                 on_progress(len(rows))
     checkpoint.compact(set(keys))
     return outputs  # type: ignore[return-value]
+
+
+# --- one model per GPU at a time, across processes ------------------------------------------
+
+
+def gpu_in_use(settings) -> str | None:
+    """The UUID of the GPU this generation loads its model onto; None on the CPU or a remote server."""
+    if settings.backend == "openai":
+        return None
+    import torch
+
+    from corpusmill.tasks.models import pick_device
+
+    if settings.backend == "transformers" and pick_device(settings.device)[0] != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return None  # vLLM without CUDA stops on its own, with its own message
+    # `cuda` is the current device. A UUID names the physical GPU, whichever machine,
+    # container or CUDA_VISIBLE_DEVICES numbering a process sees it through.
+    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+
+@contextlib.contextmanager
+def holding_gpu(settings) -> Iterator[None]:
+    """Hold the GPU this generation uses (see `exclusive`); nothing to hold on the CPU.
+
+    On the CPU, processes generating at once only share cores and memory, and the OS shares
+    them fairly; serialising them would undo a CPU cluster's scale-out. A GPU's memory is
+    not shared: a second model loaded onto it, or a second batch's KV cache, can run it out.
+    """
+    gpu = gpu_in_use(settings)
+    with exclusive(f"corpusmill-gpu-{gpu}") if gpu else contextlib.nullcontext():
+        yield
+
+
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[None]:
+    """One holder at a time of `name` among all processes that report to this run's Prefect
+    server, on any machine: a global concurrency limit of 1 slot, created on first use (raise
+    it with `prefect gcl update NAME --limit 2` where a GPU holds two models). A slot of a
+    process that dies is freed when its lease lapses, after 5 minutes.
+
+    Without a Prefect server (a bare Python call, a benchmark) there is nothing to share it
+    through, and only this process's own lock applies.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass  # another process created it, or an operator set its limit: keep theirs
+    # A renewal that fails once must not stop hours of generation; the lease outlives a blip.
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+        yield
 
 
 class Throughput:

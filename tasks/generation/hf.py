@@ -40,7 +40,8 @@ from corpusmill.tasks.generation import Generation, Messages, Prepared, chat_pro
 from corpusmill.tasks.models import load_causal_lm
 
 # One generation at a time per process: two shard tasks generating at once on a CPU (or
-# one GPU) only fight over the same cores and memory.
+# one GPU) only fight over the same cores and memory. Between processes, a GPU is held
+# by `generation.holding_gpu`.
 generate_lock = threading.Lock()
 
 # A prefix shorter than this is not worth a cache of its own.

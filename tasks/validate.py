@@ -120,8 +120,9 @@ def _short(value) -> object:
     return value
 
 
-def _observed(result: dict, exception_info: dict | None) -> str:
-    """What GE saw, in one short line."""
+def _observed(result: dict, exception_info: dict | None, quoted: tuple[str, ...] | None = None) -> str:
+    """What GE saw, in one short line; a failing row is quoted by the columns in `quoted` (all
+    GE gives, the failing value included, when None)."""
     messages = []
     if exception_info:
         # Flat ({"raised_exception": ...}) or keyed by metric id, depending on where GE failed.
@@ -132,7 +133,7 @@ def _observed(result: dict, exception_info: dict | None) -> str:
     if "unexpected_count" in result:
         sample = result.get("partial_unexpected_index_list") or result.get("partial_unexpected_list") or []
         if sample and isinstance(sample[0], dict):
-            sample = [{k: _short(v) for k, v in row.items()} for row in sample]
+            sample = [{k: _short(v) for k, v in row.items() if quoted is None or k in quoted} for row in sample]
         else:
             sample = [_short(v) for v in sample]
         return (
@@ -147,13 +148,15 @@ def _observed(result: dict, exception_info: dict | None) -> str:
 @dataclass
 class Batch:
     """One GE batch's outcome: `report` is what the summary files it under (a split, lineage
-    or safety), `file` the release file it came from (None for the split and lineage frames)."""
+    or safety), `file` the release file it came from (None for the split and lineage frames),
+    `quoted` the columns a failing row is quoted by (None: all, the failing value included)."""
 
     name: str
     report: str
     file: str | None
     rows: int
     result: object  # GE's ExpectationSuiteValidationResult
+    quoted: tuple[str, ...] | None = None
 
 
 class Run:
@@ -169,8 +172,9 @@ class Run:
         self.batches: list[Batch] = []
 
     def check(self, name: str, report: str, file: str | None, frame: pd.DataFrame, suite: gx.ExpectationSuite,
-              index_columns: list[str]) -> None:
-        """Validate `frame` as batch `name` against `suite`, naming failing rows by `index_columns`."""
+              index_columns: list[str], *, hashed: bool = False) -> None:
+        """Validate `frame` as batch `name` against `suite`, naming failing rows by `index_columns`
+        (only by them where the frame holds hashes, which mean nothing to a reader)."""
         if suite.name not in self.suites:
             self.suites[suite.name] = self.context.suites.add(suite)
         definition = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all rows")
@@ -181,7 +185,16 @@ class Run:
         result = validation.run(batch_parameters={"dataframe": frame}, run_id=self.run_id, result_format={
             "result_format": "SUMMARY", "partial_unexpected_count": SAMPLE,
             "unexpected_index_column_names": [c for c in index_columns if c in frame.columns]})
-        self.batches.append(Batch(name, report, file, len(frame), result))
+        self.batches.append(Batch(name, report, file, len(frame), result, tuple(index_columns) if hashed else None))
+        self._forget_data()
+
+    def _forget_data(self) -> None:
+        """Drop the batch GE just checked: its engine keeps every batch's frame, and every
+        metric computed on it (full-length row masks among them), for the context's life."""
+        engine = self.source.get_execution_engine()
+        engine.batch_manager.reset_batch_cache()
+        engine.batch_manager.batch_data_cache.clear()
+        engine._metric_cache.clear()  # no public way; without it memory grows with every file
 
     def check_file(self, split: str, path: Path, table: pa.Table, params: SuiteParams,
                    decontamination_index: Path | None) -> None:
@@ -191,7 +204,7 @@ class Run:
         self.check(name, split, name, table.to_pandas(), rows_suite(params, "rows", empty=empty), ["id"])
         if safety_columns(params) and {"id", "text"} <= set(table.column_names):
             frame = safety_frame(table, split, params, decontamination_index)
-            self.check(f"{name} {SAFETY}", SAFETY, name, frame, safety_suite(params), ["id", "split"])
+            self.check(f"{SAFETY}-{name}", SAFETY, name, frame, safety_suite(params), ["id", "split"])
 
     def finish(self) -> None:
         """Write the Data Docs of every batch, readable offline."""
@@ -208,22 +221,27 @@ def _findings(batches: list[Batch]) -> tuple[list[dict], list[dict]]:
             if expectation_result.success:
                 continue
             config = expectation_result.expectation_config
-            observed = _observed(expectation_result.result, expectation_result.exception_info)
-            key = (batch.report, config.type, config.kwargs.get("column"))
-            finding = merged.setdefault(key, {
+            finding = merged.setdefault((batch.report, config.type, config.kwargs.get("column")), {
                 "batch": batch.report, "expectation": config.type, "column": config.kwargs.get("column"),
-                "files": [], "observed": [], "why": config.meta.get("why", ""),
+                "files": [], "observed": {}, "why": config.meta.get("why", ""),
                 "critical": config.meta.get("critical", True)})
             finding["files"] += [batch.file] if batch.file else []
-            finding["observed"].append(f"{batch.file}: {observed}" if batch.file else observed)
+            finding["observed"][batch.file] = _observed(expectation_result.result, expectation_result.exception_info,
+                                                        batch.quoted)
     critical, warnings = [], []
     for finding in merged.values():
-        seen, more = finding["observed"][:FILES_QUOTED], len(finding["observed"]) - FILES_QUOTED
-        if len(seen) == 1:  # one file: the file is named in `files`, the observation reads as GE's
-            seen = [seen[0].removeprefix(f"{finding['files'][0]}: ")] if finding["files"] else seen
-        finding["observed"] = "; ".join(seen) + (f"; and {more} more files" if more > 0 else "")
+        finding["observed"] = _across_files(finding["observed"])
         (critical if finding.pop("critical") else warnings).append(finding)
     return critical, warnings
+
+
+def _across_files(observed: dict[str | None, str]) -> str:
+    """One line for what several files showed: once if they all showed the same, else per file."""
+    if len(set(observed.values())) == 1:
+        return next(iter(observed.values()))
+    quoted = [f"{file}: {seen}" for file, seen in list(observed.items())[:FILES_QUOTED]]
+    more = len(observed) - FILES_QUOTED
+    return "; ".join(quoted) + (f"; and {more} more files" if more > 0 else "")
 
 
 def _per_report(batches: list[Batch], splits: list[str]) -> dict[str, dict]:
@@ -266,9 +284,9 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     for split, split_keys in keys.items():
         if split_keys.rows:  # an empty split has no share or duplicates to check
             run.check(split, split, None, split_frame(split_keys, row_ids.get(split, {})),
-                      split_suite(params, "split"), ["row_id"])
+                      split_suite(params, "split"), ["row_id"], hashed=True)
     run.check(LINEAGE, LINEAGE, None, lineage_frame(lineage, key_names, schema.SPLITS), lineage_suite(),
-              ["key_name", "splits"])
+              ["key_name", "splits"], hashed=True)
     run.finish()
 
     critical, warnings = _findings(run.batches)

@@ -24,6 +24,7 @@ from corpusmill.tasks.dedup import (
 from corpusmill.tasks.dedup import lsh
 from corpusmill.tasks.dedup.clusters import join, keep_first_original
 from corpusmill.tasks.dedup.stage import band_column
+from corpusmill.tasks.dedup.text import shingle_sets
 from corpusmill.tasks.errors import CorpusmillError
 from corpusmill.tasks.recipe import Dedup
 from corpusmill.tasks.shards import read_table, write_table
@@ -499,11 +500,14 @@ def test_batch_features_equal_the_per_text_reference():
              "ﬁne İstanbul ΣΊΣΥΦΟΣ ς end", "日本語のテキスト　全角\u00a0nbsp\u2003em 😀 𝔘𝔫𝔦", PARAGRAPH, "a b c d"] + fuzz
     for ngram in (1, 3, 5):
         hashes, shingle, counts = dedup.features(texts, ngram)
+        sets = shingle_sets(texts, ngram)
         offsets = np.r_[0, np.cumsum(counts)]
         for i, text in enumerate(texts):
             text = text or ""
             assert hashes[i] == dedup.text_hash(text)
-            assert set(shingle[offsets[i] : offsets[i + 1]].tolist()) == {dedup.shingle_hash64(s) for s in shingles(text, ngram)}
+            expected = {dedup.shingle_hash64(s) for s in shingles(text, ngram)}
+            assert set(shingle[offsets[i] : offsets[i + 1]].tolist()) == expected
+            assert sets[i].tolist() == sorted(expected)
     assert dedup.text_hash("Straße  eins") == dedup.text_hash("STRASSE eins") != dedup.text_hash("strasse eins!")
 
 

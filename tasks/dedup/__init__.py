@@ -4,8 +4,9 @@ The pipeline, as in datatrove and NeMo Curator, in phases that never hold the co
 in memory (`stage`): per-shard signature side files, one task per LSH band for candidate
 pairs, and one clustering task that verifies every candidate by exact Jaccard. By job:
 
-- `hashing`: the hash definitions, a Python reference and their vectorised form;
-- `text`: normalised text, word n-gram shingles, and both hashed for a batch (`features`);
+- `hashing`: the hash definitions and their Python reference;
+- `text`: normalised text, word n-gram shingles, and both hashed for a batch in one compiled
+  pass (`features`, `shingle_sets`);
 - `lsh`: MinHash signatures, the choice of bands, band keys, candidate pairs;
 - `clusters`: exact-Jaccard verification, the union-find with its size cap, the keep rule;
 - `stage`: side files, the three phases and their `Stage` declarations;

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from corpusmill.tasks.dedup.clusters import EXACT, NEAR, DistinctTexts, Kept, join, keep_first_original, verify
 from corpusmill.tasks.dedup.errors import InvalidIds, MissingColumn, StaleWorkFiles
 from corpusmill.tasks.dedup.lsh import SCHEME, SHINGLE_HASH, band_keys, bucket_pairs, lsh_params, minhash, s_curve
-from corpusmill.tasks.dedup.text import features
+from corpusmill.tasks.dedup.text import features, shingle_sets
 from corpusmill.tasks.recipe import Dedup
 from corpusmill.tasks.shards import StageReport, read_table, write_table
 from corpusmill.tasks.stage import Stage
@@ -213,7 +213,7 @@ def cluster(shards: list[tuple[Path, Path]], out_path: Path, settings: Dedup, te
 
     def read_sets(shard: int, members: np.ndarray) -> list[np.ndarray]:
         positions = rows.row[first[members]]
-        return _shingle_sets(shards[shard][1], text_column, positions, int(side_rows[shard]), settings.ngram)
+        return _read_shingle_sets(shards[shard][1], text_column, positions, int(side_rows[shard]), settings.ngram)
 
     similarity = verify(pairs, rows.shard[first], rows.shingles[first], len(shards), read_sets, memory_budget)
     verified = np.flatnonzero(similarity >= settings.threshold)
@@ -294,20 +294,15 @@ def _read_pairs(pair_paths: list[Path], texts: DistinctTexts) -> np.ndarray:
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
-def _shingle_sets(path: Path, text_column: str, rows: np.ndarray, expected_rows: int, ngram: int) -> list[np.ndarray]:
+def _read_shingle_sets(path: Path, text_column: str, rows: np.ndarray, expected_rows: int,
+                       ngram: int) -> list[np.ndarray]:
     """Sorted unique 64-bit shingle hashes of the texts at `rows` of one shard."""
     require_columns(path, pq.read_schema(path), [text_column])
     column = read_table(path, columns=[text_column]).column(0)
     if len(column) != expected_rows:
         raise StaleWorkFiles(f"{path} has {len(column)} rows but its signature file has {expected_rows}; "
                              "the pair does not match: recompute the signatures")
-    _, shingle, counts = features(column.take(pa.array(rows)), ngram)
-    doc = np.repeat(np.arange(len(rows)), counts)
-    order = np.lexsort((shingle, doc))
-    shingle, doc = shingle[order], doc[order]
-    new = np.r_[True, (shingle[1:] != shingle[:-1]) | (doc[1:] != doc[:-1])] if len(doc) else np.zeros(0, bool)
-    shingle, doc = shingle[new], doc[new]
-    return np.split(shingle, np.cumsum(np.bincount(doc, minlength=len(rows)))[:-1])
+    return shingle_sets(column.take(pa.array(rows)), ngram)
 
 
 def _report(settings: Dedup, ids: pa.Array, texts: DistinctTexts, pairs: np.ndarray, similarity: np.ndarray,

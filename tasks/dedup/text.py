@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpusmill.tasks.dedup.hashing import L, P, Q, SEED_TEXT, SEED_SHINGLE, bytes_hash, fmix64_compiled, fold, string_buffers
+from corpusmill.tasks.dedup.hashing import (
+    L, P, Q, SEED_SHINGLE, SEED_TEXT, bytes_hash, fmix64_compiled, fold, string_buffers,
+)
 
 _WORD = re.compile(r"\w+")
 _FEATURE_BYTES = 1 << 20  # text bytes per piece: bounds the scan's scratch arrays (about 8x this)
@@ -73,6 +75,14 @@ def _features(texts: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray, np.n
     return _scan(data, offsets, _char_class(), ngram)
 
 
+def shingle_sets(texts, ngram: int) -> list[np.ndarray]:
+    """Each text's 64-bit shingle hashes as a sorted array without repeats: the set that
+    exact Jaccard is computed on."""
+    _, shingle, counts = features(texts, ngram)
+    values, sizes = _sorted_sets(shingle, counts)
+    return np.split(values, np.cumsum(sizes)[:-1])
+
+
 # --- Unicode: the same classes and case-folding as Python's, over UTF-8 bytes -------------
 
 
@@ -113,8 +123,12 @@ def _matches(char_class: str, text: str) -> np.ndarray:
 def _changed_by_casefold(text: str, block: int = 256) -> list[int]:
     """Positions of the characters str.casefold changes; blocks it leaves alone (most) are
     skipped whole."""
-    return [start + k for start in range(0, len(text), block) if (part := text[start : start + block]).casefold() != part
-            for k, c in enumerate(part) if c.casefold() != c]
+    changed = []
+    for start in range(0, len(text), block):
+        part = text[start : start + block]
+        if part.casefold() != part:
+            changed += [start + k for k, c in enumerate(part) if c.casefold() != c]
+    return changed
 
 
 def _utf8_codepoints(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +230,8 @@ def _code_point(data, i):  # pragma: no cover (compiled)
     if lead < 0x80:
         return lead, 1
     if lead >= 0xF0:
-        return ((lead & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F), 4
+        code = ((lead & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6)
+        return code | (data[i + 3] & 0x3F), 4
     if lead >= 0xE0:
         return ((lead & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F), 3
     return ((lead & 0x1F) << 6) | (data[i + 1] & 0x3F), 2
@@ -234,3 +249,21 @@ def _fold_ngrams(words, ngram, out):  # pragma: no cover (compiled)
             h = h * Q64 + words[k]
         out[start] = fmix64_compiled(h)
     return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_sets(shingle, counts):  # pragma: no cover (compiled; tested through `shingle_sets`)
+    """Each text's run of `shingle` (counts[d] values) sorted and without repeats, one after
+    another, and how many values each text keeps."""
+    out = np.empty_like(shingle)
+    sizes = np.zeros(len(counts), np.int64)
+    start = found = 0
+    for d in range(len(counts)):
+        values = np.sort(shingle[start : start + counts[d]])
+        for k in range(len(values)):
+            if k == 0 or values[k] != values[k - 1]:
+                out[found] = values[k]
+                found += 1
+                sizes[d] += 1
+        start += counts[d]
+    return out[:found], sizes

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from corpusmill.tasks import schema
 from corpusmill.tasks.errors import CorpusmillError
-from corpusmill.tasks.shards import ParquetSink, file_sha256, read_table
+from corpusmill.tasks.shards import ParquetSink, file_sha256, iter_batches
 
 NAME = "publish"
 MANIFEST = "manifest.json"
@@ -193,21 +193,24 @@ def write_splits(final_shards: list[Path], data_dir: Path, split_rows: dict[str,
         path = sinks.pop(split).close()
         entries.append({"path": f"data/{path.name}", "split": split})
 
+    def write_rows(batch, split: str) -> None:
+        rows = batch.filter(pc.equal(batch.column("split"), split)).select(schema.RELEASE.names).cast(schema.RELEASE)
+        while rows.num_rows:
+            if split not in sinks:
+                index = written[split] // shard_rows
+                sinks[split] = ParquetSink(data_dir / file_name(split, index, counts[split]), schema.RELEASE)
+            room = shard_rows - written[split] % shard_rows
+            chunk, rows = rows.slice(0, room), rows.slice(room)
+            sinks[split].write(chunk)
+            written[split] += chunk.num_rows
+            _accumulate(stats[split], chunk)
+            if written[split] % shard_rows == 0:
+                close(split)
+
     for shard in final_shards:
-        table = read_table(shard)
-        for split in counts:
-            rows = table.filter(pc.equal(table.column("split"), split)).select(schema.RELEASE.names).cast(schema.RELEASE)
-            while rows.num_rows:
-                if split not in sinks:
-                    index = written[split] // shard_rows
-                    sinks[split] = ParquetSink(data_dir / file_name(split, index, counts[split]), schema.RELEASE)
-                room = shard_rows - written[split] % shard_rows
-                chunk, rows = rows.slice(0, room), rows.slice(room)
-                sinks[split].write(chunk)
-                written[split] += chunk.num_rows
-                _accumulate(stats[split], chunk)
-                if written[split] % shard_rows == 0:
-                    close(split)
+        for batch in iter_batches(shard):  # the sinks cut row groups by rows, so batches do not change the bytes
+            for split in counts:
+                write_rows(batch, split)
         if on_progress:
             on_progress(1)
     for split in list(sinks):

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,6 +85,14 @@ class ParquetSink:
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
+
+
+def iter_batches(path: str | Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """A shard's rows in order, one row group (ROW_GROUP_ROWS rows) at a time: memory bounded
+    by a row group, not by the shard."""
+    with pq.ParquetFile(path) as f:
+        for i in range(f.num_row_groups):
+            yield f.read_row_group(i, columns=columns)
 
 
 def stream_sha256(handle) -> str:

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 
 from corpusmill.tasks import dedup, schema
 from corpusmill.tasks.dedup import StaleWorkFiles, UnionFind
 from corpusmill.tasks.recipe import Dedup, Splits
 from corpusmill.tasks.stage import Stage
-from corpusmill.tasks.shards import StageReport, dropped_table, read_table, write_table
+from corpusmill.tasks.shards import ParquetSink, StageReport, dropped_table, iter_batches, read_table, write_table
 
 NAME = "split"
 
@@ -273,27 +274,52 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
 
 def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantine_path: Path) -> dict:
     """Attach `cluster_id` and `split` to one shard's rows, in order; rows without a split
-    (duplicates, over the synthetic cap) go to the quarantine with their reason."""
-    shard = read_table(shard_path)
+    (duplicates, over the synthetic cap) go to the quarantine with their reason. The shard is
+    read a row group at a time; the assignments are the compact side data of every row."""
     assignments = read_table(assignments_path)
-    matched = assignments.take(pc.index_in(shard.column("id"), value_set=assignments.column("id")))
-    table = shard.append_column(schema.RELEASE.field("cluster_id"), matched.column("cluster_id"))
+    kept = dropped = None
+    rows = n_dropped = 0
+    try:
+        for batch in iter_batches(shard_path):
+            table, rejects = _attach(batch, assignments)
+            if table.num_rows:
+                kept = kept or ParquetSink(out_path, table.schema)
+                kept.write(table)
+                rows += table.num_rows
+            if rejects.num_rows:
+                dropped = dropped or ParquetSink(quarantine_path, schema.DROPPED)
+                dropped.write(rejects)
+                n_dropped += rejects.num_rows
+        if kept is None:  # no row kept: an empty file, written as for any empty table
+            write_table(_attach(pq.read_schema(shard_path).empty_table(), assignments)[0], out_path)
+        else:
+            kept.close()
+        if dropped is None:
+            Path(quarantine_path).unlink(missing_ok=True)
+        else:
+            dropped.close()
+    except BaseException:
+        for sink in (kept, dropped):
+            if sink is not None:
+                sink.abort()
+        raise
+    return {"rows": rows, "dropped": n_dropped}
+
+
+def _attach(batch: pa.Table, assignments: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(the batch's assigned rows with `cluster_id` and `split`, its quarantine rows)."""
+    matched = assignments.take(pc.index_in(batch.column("id"), value_set=assignments.column("id")))
+    table = batch.append_column(schema.RELEASE.field("cluster_id"), matched.column("cluster_id"))
     table = table.append_column(pa.field("split", pa.string()), matched.column("split"))
     assigned = pc.is_valid(table.column("split"))
-    dropped = table.filter(pc.invert(assigned))
-    if dropped.num_rows:
-        reasons = matched.filter(pc.invert(assigned)).column("reason").to_pylist()
-        stages = ["split" if r == "synthetic_cap" else "dedup" for r in reasons]
-        rows = dropped.select(["id", "source", "text", "cluster_id"]).to_pylist()
-        write_table(dropped_table([
-            {"id": r["id"], "source": r["source"], "text": r["text"], "stage": stage, "reason": reason,
-             "detail": f"cluster {r['cluster_id']}"}
-            for r, stage, reason in zip(rows, stages, reasons)]), quarantine_path)
-    else:
-        Path(quarantine_path).unlink(missing_ok=True)
-    table = table.filter(assigned)
-    write_table(table, out_path)
-    return {"rows": table.num_rows, "dropped": dropped.num_rows}
+    unassigned = table.filter(pc.invert(assigned))
+    reasons = matched.filter(pc.invert(assigned)).column("reason").to_pylist()
+    rows = unassigned.select(["id", "source", "text", "cluster_id"]).to_pylist()
+    rejects = dropped_table([
+        {"id": r["id"], "source": r["source"], "text": r["text"], "stage": "split" if reason == "synthetic_cap" else "dedup",
+         "reason": reason, "detail": f"cluster {r['cluster_id']}"}
+        for r, reason in zip(rows, reasons)])
+    return table.filter(assigned), rejects
 
 
 ASSIGN = Stage("assign-splits", "1", assign, inputs=("clusters_path", "shard_paths"))

@@ -1,0 +1,442 @@
+"""Pipeline benchmark: the whole release flow on a JSONL corpus at 1x, 4x and 16x a base size.
+
+    python -m benchmarks.pipeline --json OUT [--mb 16] [--factors 1 4 16] [--kill]
+
+The corpus is real text from ../shared/corpora recombined into distinct documents
+(`distinct_documents`), plus planted duplicates: EXACT_SHARE of the documents are
+verbatim copies of an earlier one and NEAR_SHARE are copies with NEAR_EDIT of their words
+replaced (word 5-gram Jaccard about 0.95, well over the 0.8 threshold). The recipe is what a
+user starting out writes: the default filters (`pii: redact`) plus a `tokens` step with the
+SmolLM2 tokenizer, default dedup and splits, no augmentation; `work_shard_rows: 1000`, so the
+base size is already cut into several shards and 1x and 16x use both cores alike.
+
+Each size runs `corpusmill run` as a child process, as a user runs it, against one Prefect
+server started here (so the flow's task runs can be read back). Reported per size:
+
+- per stage, from the Prefect task runs of that flow run (read with the Prefect client):
+  wall span (first task start to last task end), busy seconds (the sum of its task runs),
+  MB/s and rows/s over the span, and the peak RSS sampled while the stage had a task running;
+- the whole run: wall time, MB/s, rows/s, and the peak RSS of the run's process tree (the
+  CLI and any worker it starts; the Prefect server is reported apart), sampled every
+  SAMPLE_SECONDS with psutil, and `getrusage(RUSAGE_CHILDREN)`'s max RSS of one process;
+- the dedup recall of the planted pairs: a pair is caught when dedup dropped its copy or its
+  original (they share a cluster and one of them is kept); dedup drops outside the planted
+  pairs are counted too (recombined runs of units can overlap).
+
+After the largest size, on the base size's ingest shards: the tokens step as the filter
+stage calls it, shard by shard (`TokenBounds.filter`), against the raw `tokenizers`
+`encode_batch` over the same texts with the same tokenizer (both use every core).
+
+`--kill` (item 5 of the scale issue) SIGKILLs a build of the base size at a seeded random
+point, reruns it, and reports whether the fingerprint equals the uninterrupted run's and how
+many stage outputs the rerun wrote, and how many of those had been finished before the kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.filters import CORPORA, units
+from benchmarks.machine import describe
+
+LIBRARIES = ["corpusmill", "prefect", "pyarrow", "tokenizers", "transformers", "great-expectations", "psutil"]
+NAME = "bench"
+SOURCE = "corpus"  # the recipe's source name: part of every row id
+SEED = 7
+EXACT_SHARE, NEAR_SHARE, NEAR_EDIT = 0.02, 0.02, 0.01
+FILE_MB = 8  # the corpus is cut into JSONL files of about this size, as a user's export would be
+SAMPLE_SECONDS = 0.2
+# Prefect task names of the flow, in flow order (task run names are "<name>-<label>" or the name).
+STAGES = ("decontaminate-index", "ingest", "filter", "augment", "signatures", "bands", "cluster", "assign-splits",
+          "finalize", "write-release", "validate", "publish")
+RECIPE = """name: bench
+version: 1.0.0
+seed: 1
+sources:
+  - {kind: files, name: corpus, path: "corpus/*.jsonl", license: CC-BY-SA-3.0}
+tokenizer: {gguf: smollm2}
+filters:
+  - {step: pii, action: redact}
+  - {step: tokens, min: 16}
+work_shard_rows: 1000  # the base size is a few thousand documents: several shards keep both cores busy at 1x too
+output: {root: releases}
+"""
+
+
+# --- the corpus -----------------------------------------------------------------------------
+
+
+def distinct_documents(megabytes: float, seed: int) -> list[str]:
+    """About `megabytes` MB of documents, each 3 to 30 units (`benchmarks.filters.units`) of one
+    source drawn at random, in random order. `benchmarks.filters.corpus` joins *consecutive*
+    units, and at this scale its runs overlap: 29% of a 64 MB corpus were near duplicates of
+    each other, which would make dedup's work grow with size for want of distinct text."""
+    pool, rng = units(), random.Random(seed)
+    sources, docs, size = sorted(pool), [], 0
+    while size < megabytes * 1e6:
+        source = rng.choice(sources)
+        picked = [pool[source][i] for i in rng.sample(range(len(pool[source])), rng.randint(3, 30))]
+        docs.append(("\n" if source == "wikitext" else "\n\n").join(picked))
+        size += len(docs[-1].encode())
+    return docs
+
+
+def planted_corpus(megabytes: float, seed: int = SEED) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """Documents of about `megabytes` MB and the planted pairs (original index, copy index, kind).
+
+    Copies are inserted at seeded places after their original; only originals of at least
+    100 words are copied, so a few replaced words keep the copy a near duplicate."""
+    base = distinct_documents(megabytes * (1 - EXACT_SHARE - NEAR_SHARE), seed)
+    rng = random.Random(seed)
+    kinds = ["exact"] * round(len(base) * EXACT_SHARE) + ["near"] * round(len(base) * NEAR_SHARE)
+    long_enough = [i for i, d in enumerate(base) if len(d.split()) >= 100]
+    copies: dict[int, list[tuple[int, str]]] = {}  # position in base after which the copy goes -> copies
+    for kind in kinds:
+        original = rng.choice(long_enough)
+        after = rng.randrange(original, len(base))
+        copies.setdefault(after, []).append((original, _near_copy(base[original], rng) if kind == "near" else kind))
+    docs, where, pairs = [], {}, []
+    for i, doc in enumerate(base):
+        where[i] = len(docs)
+        docs.append(doc)
+        for original, text in copies.get(i, []):
+            pairs.append((where[original], len(docs), "exact" if text == "exact" else "near"))
+            docs.append(base[original] if text == "exact" else text)
+    return docs, pairs
+
+
+def _near_copy(doc: str, rng: random.Random) -> str:
+    words = doc.split(" ")
+    for k in rng.sample(range(len(words)), max(1, round(len(words) * NEAR_EDIT))):
+        words[k] = f"planted{rng.randrange(10**6)}"
+    return " ".join(words)
+
+
+def write_corpus(docs: list[str], folder: Path) -> list[str]:
+    """JSONL files of about FILE_MB each; returns each document's row position (`<file>:<line>`)."""
+    (folder / "corpus").mkdir(parents=True)
+    positions, lines, size, index = [], [], 0, 0
+
+    def flush() -> None:
+        (folder / "corpus" / f"part-{index:04d}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+    for doc in docs:
+        line = json.dumps({"text": doc}, ensure_ascii=False) + "\n"
+        lines.append(line)
+        size += len(line.encode())
+        positions.append(f"part-{index:04d}.jsonl:{len(lines)}")
+        if size >= FILE_MB * 1e6:
+            flush()
+            lines, size, index = [], 0, index + 1
+    if lines:
+        flush()
+    (folder / "recipe.yaml").write_text(RECIPE)
+    return positions
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+class TreeSampler:
+    """Samples the summed RSS of a process and its descendants every SAMPLE_SECONDS."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.samples: list[tuple[float, int]] = []  # (unix time, bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.samples.append((time.time(), total))
+            self._stop.wait(SAMPLE_SECONDS)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float = 0, end: float = float("inf")) -> int:
+        """The highest sample from `start` to `end`, widened by one interval so a short task has one."""
+        return max((rss for t, rss in self.samples if start - SAMPLE_SECONDS <= t <= end + SAMPLE_SECONDS), default=0)
+
+
+def start_build(folder: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "corpusmill", "run", "recipe.yaml", "--no-progress"], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stage_of(task_run_name: str) -> str:
+    return next(s for s in sorted(STAGES, key=len, reverse=True) if task_run_name == s or
+                task_run_name.startswith(f"{s}-"))
+
+
+def task_runs() -> list[dict]:
+    """Name, start and end (unix seconds) of every task run of the newest flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        runs, offset = [], 0
+        while batch := client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+                                             limit=200, offset=offset):
+            runs += batch
+            offset += len(batch)
+    return [{"stage": stage_of(r.name), "start": r.start_time.timestamp(), "end": r.end_time.timestamp()}
+            for r in runs if r.start_time and r.end_time]
+
+
+def per_stage(runs: list[dict], sampler: TreeSampler, megabytes: float, manifest: dict) -> dict:
+    rows_in = {name: r["rows_in"] for name, r in manifest["stages"].items()}
+    rows_out = manifest["accounting"]["rows_out"]
+    out = {}
+    for stage in STAGES:
+        mine = [r for r in runs if r["stage"] == stage]
+        if not mine:
+            continue
+        start, end = min(r["start"] for r in mine), max(r["end"] for r in mine)
+        span = max(end - start, 1e-3)
+        # the flow's stage reports name the per-shard dedup steps "dedup"; later stages see the release rows
+        rows = rows_in.get(stage, rows_in["dedup"] if stage in ("signatures", "bands", "cluster") else rows_out)
+        out[stage] = {"tasks": len(mine), "wall_s": round(span, 2), "busy_s": round(sum(r["end"] - r["start"] for r in mine), 2),
+                      "mb_s": round(megabytes / span, 2), "rows_s": round(rows / span, 1),
+                      "peak_rss_mb": round(sampler.peak(start, end) / 1e6, 1)}
+    return out
+
+
+def dedup_recall(folder: Path, positions: list[str], pairs: list[tuple[int, int, str]]) -> dict:
+    import pyarrow.parquet as pq
+
+    from corpusmill.tasks.ingest.documents import row_id
+
+    dropped = set()
+    for path in (folder / "work" / NAME / "quarantine").glob("*.parquet"):
+        table = pq.read_table(path, columns=["id", "stage"])
+        dropped.update(i for i, s in zip(table.column("id").to_pylist(), table.column("stage").to_pylist()) if s == "dedup")
+    ids = [row_id(SOURCE, p) for p in positions]
+    out, planted = {}, set()
+    for kind in ("exact", "near"):
+        mine = [(ids[a], ids[b]) for a, b, k in pairs if k == kind]
+        planted.update(x for pair in mine for x in pair)
+        caught = sum(a in dropped or b in dropped for a, b in mine)
+        out[kind] = {"planted": len(mine), "caught": caught, "recall": round(caught / max(len(mine), 1), 4)}
+    out["dedup_drops"] = len(dropped)
+    out["drops_outside_planted_pairs"] = len(dropped - planted)
+    return out
+
+
+def run_size(folder: Path, megabytes: float) -> dict:
+    docs, pairs = planted_corpus(megabytes)
+    positions = write_corpus(docs, folder)
+    size = sum(p.stat().st_size for p in (folder / "corpus").glob("*.jsonl")) / 1e6
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    load = os.getloadavg()  # the machine is shared: say how busy it was
+    started = time.time()
+    build = start_build(folder)
+    sampler = TreeSampler(build.pid)
+    out, _ = build.communicate()
+    sampler.stop()
+    wall = time.time() - started
+    if build.returncode:
+        raise SystemExit(f"the {megabytes} MB build failed:\n{out[-4000:]}")
+    child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    manifest = json.loads((folder / "releases" / NAME / "1.0.0" / "manifest.json").read_text())
+    accounting = manifest["accounting"]
+    return {
+        "megabytes": round(size, 2), "documents": len(docs), "rows_out": accounting["rows_out"],
+        "load_avg_at_start": load,
+        "wall_s": round(wall, 1), "mb_s": round(size / wall, 3), "rows_s": round(len(docs) / wall, 1),
+        "peak_rss_mb": round(sampler.peak() / 1e6, 1),
+        # max RSS of the largest single child so far (a larger earlier child would mask it)
+        "largest_process_max_rss_mb": round(child_max / 1e3, 1) if child_max > before else None,
+        "stages": per_stage(task_runs(), sampler, size, manifest),
+        "dedup": dedup_recall(folder, positions, pairs),
+        "dropped": accounting["dropped"], "fingerprint": manifest["fingerprint"],
+    }
+
+
+# --- the tokenize step against its ceiling --------------------------------------------------
+
+
+def tokenize_ceiling(folder: Path, rounds: int = 2) -> dict:
+    """The tokens step shard by shard, as the filter stage calls it, against one raw
+    `encode_batch` over the same texts; best of `rounds`, after a warm-up."""
+    import pyarrow.parquet as pq
+
+    from corpusmill.tasks.filters.step import StepContext
+    from corpusmill.tasks.filters.tokens import TokenBounds
+    from corpusmill.tasks.recipe import ModelRef
+
+    shards = [pq.read_table(p, columns=["id", "text"]) for p in sorted((folder / "work" / NAME / "ingest").rglob("*.parquet"))
+              if not p.name.startswith("quarantine")]
+    texts = [t for s in shards for t in s.column("text").to_pylist()]
+    megabytes = sum(len(t.encode()) for t in texts) / 1e6
+    context = StepContext(tokenizer_ref=ModelRef(gguf="smollm2"))
+    step, backend = TokenBounds(step="tokens", min=16), context.tokenizer.backend_tokenizer
+    backend.encode_batch(texts[:1000], add_special_tokens=False)
+    step_s, raw_s = float("inf"), float("inf")
+    for _ in range(rounds):  # interleaved, so a busy moment of the machine hits both
+        start = time.perf_counter()
+        for shard in shards:
+            step.filter(shard, context)
+        step_s = min(step_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        backend.encode_batch(texts, add_special_tokens=False)
+        raw_s = min(raw_s, time.perf_counter() - start)
+    return {"documents": len(texts), "megabytes": round(megabytes, 2), "shards": len(shards),
+            "step_mb_s": round(megabytes / step_s, 3), "raw_encode_batch_mb_s": round(megabytes / raw_s, 3),
+            "ratio": round(raw_s / step_s, 3)}
+
+
+# --- killed and resumed ---------------------------------------------------------------------
+
+
+def stage_outputs(work: Path) -> dict[Path, int]:
+    """Every finished stage output (Parquet and side files) with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file() and p.suffix in (".parquet", ".npz")
+            and ".results" not in p.parts and "quarantine" not in p.parts and not p.name.startswith(".")}
+
+
+def kill_and_resume(folder: Path, megabytes: float, reference: str, wall: float, seed: int) -> dict:
+    """SIGKILL a build at a seeded point of its expected wall time, rerun it to the end."""
+    planted_corpus_docs, _ = planted_corpus(megabytes)
+    write_corpus(planted_corpus_docs, folder)
+    after = random.Random(seed).uniform(0.2, 0.8) * wall
+    build = start_build(folder)
+    time.sleep(after)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    for child in psutil.Process().children(recursive=True):  # nothing of the killed run may keep writing
+        if child.pid != SERVER_PID.get("pid"):
+            child.kill()
+    finished = stage_outputs(folder / "work")
+    resumed = start_build(folder)
+    out, _ = resumed.communicate()
+    if resumed.returncode:
+        raise SystemExit(f"the resumed build failed:\n{out[-4000:]}")
+    now = stage_outputs(folder / "work")
+    redone = [p for p, t in finished.items() if now.get(p) not in (None, t)]
+    manifest = json.loads((folder / "releases" / NAME / "1.0.0" / "manifest.json").read_text())
+    return {"killed_after_s": round(after, 1), "outputs_finished_before_kill": len(finished),
+            "outputs_written_by_resume": sum(1 for p, t in now.items() if finished.get(p) != t),
+            "finished_outputs_recomputed": len(redone), "outputs_total": len(now),
+            "same_fingerprint": manifest["fingerprint"] == reference}
+
+
+# --- the Prefect server and main ------------------------------------------------------------
+
+SERVER_PID: dict[str, int] = {}
+
+
+def start_server(home: Path) -> subprocess.Popen:
+    """A Prefect server with its services (the task-run recorder writes the task runs read here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", DO_NOT_TRACK="1",
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    SERVER_PID["pid"] = server.pid
+    from corpusmill.flows.server import _healthy
+
+    deadline = time.monotonic() + 120
+    while not _healthy(os.environ["PREFECT_API_URL"]):
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("the Prefect server did not start")
+        time.sleep(0.5)
+    return server
+
+
+def targets(sizes: list[dict], tokenize: dict) -> dict:
+    first, last = sizes[0], sizes[-1]
+    return {"peak_rss_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3),
+            "peak_rss_ratio_at_most_1.5": last["peak_rss_mb"] <= 1.5 * first["peak_rss_mb"],
+            "throughput_ratio": round(last["mb_s"] / first["mb_s"], 3),
+            "throughput_ratio_at_least_0.8": last["mb_s"] >= 0.8 * first["mb_s"],
+            "tokenize_vs_encode_batch": tokenize["ratio"], "tokenize_at_least_0.9": tokenize["ratio"] >= 0.9}
+
+
+def extrapolate(sizes: list[dict], megabytes: float = 10_000) -> dict:
+    """Time and peak RSS of a `megabytes` run: the largest run's MB/s, and peak RSS growing
+    linearly in size as it did from the smallest run to the largest."""
+    a, b = sizes[0], sizes[-1]
+    per_mb_rss = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["megabytes"] - a["megabytes"])
+    return {"megabytes": megabytes, "wall_minutes": round(megabytes / b["mb_s"] / 60, 1),
+            "peak_rss_mb": round(b["peak_rss_mb"] + max(per_mb_rss, 0) * (megabytes - b["megabytes"]), 1),
+            "how": "wall: megabytes over the largest run's MB/s; peak RSS: the largest run's plus the growth per MB "
+                   "from the smallest run to the largest (none when it did not grow)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--mb", type=float, default=16, help="the base size in MB (default 16)")
+    parser.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16], help="multiples of the base size")
+    parser.add_argument("--kill", action="store_true", help="also kill a base-size build and resume it")
+    args = parser.parse_args()
+    if not CORPORA.is_dir():
+        sys.exit(f"the shared corpora are not at {CORPORA}")
+    result = {"machine": describe(LIBRARIES), "base_mb": args.mb, "factors": args.factors, "recipe": RECIPE,
+              "planted": {"exact_share": EXACT_SHARE, "near_share": NEAR_SHARE, "near_words_replaced": NEAR_EDIT},
+              "sample_seconds": SAMPLE_SECONDS, "sizes": []}
+    with tempfile.TemporaryDirectory(prefix="corpusmill-bench-pipeline-") as tmp:
+        server = start_server(Path(tmp) / "prefect")
+        server_rss = TreeSampler(server.pid)
+        try:
+            for factor in args.factors:
+                print(f"{factor}x: {args.mb * factor} MB ...", file=sys.stderr)
+                figures = run_size(Path(tmp) / f"x{factor}", args.mb * factor)
+                result["sizes"].append({"factor": factor, **figures})
+                print(json.dumps(result["sizes"][-1], indent=1), file=sys.stderr)
+            print("tokenize step against encode_batch ...", file=sys.stderr)
+            result["tokenize"] = tokenize_ceiling(Path(tmp) / f"x{args.factors[0]}")
+            if args.kill:
+                print("kill and resume ...", file=sys.stderr)
+                base = result["sizes"][0]
+                result["kill_and_resume"] = kill_and_resume(Path(tmp) / "killed", args.mb * args.factors[0],
+                                                            base["fingerprint"], base["wall_s"], SEED)
+        finally:
+            server_rss.stop()
+            server.terminate()
+            server.wait()
+    result["prefect_server_peak_rss_mb"] = round(server_rss.peak() / 1e6, 1)
+    if len(result["sizes"]) > 1:
+        result["targets"] = targets(result["sizes"], result["tokenize"])
+        result["extrapolated"] = extrapolate(result["sizes"])
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -88,10 +88,10 @@ def run(
         parsed = load_recipe(recipe, set_ or [])
         check_absent(release_path(parsed.output.root, parsed.name, parsed.version))  # before the server starts
         check_eval_sets(parsed.decontaminate)
-        flow = release.with_options(task_runner=task_runner_for(parsed.runner))
+        task_runner_for(parsed.runner)  # a missing prefect-dask or prefect-ray is named before the server starts
         with _stopped_by_signals(), tied_server(), \
                 (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):
-            target = flow(str(recipe), set_ or [], str(work_dir))
+            target = release(str(recipe), set_ or [], str(work_dir))
     except KeyboardInterrupt:
         _fail(f"stopped by a signal. Finished shards are cached in {work_dir}: rerun the same command to resume "
               f"from them.", code=130)
@@ -266,11 +266,17 @@ def served_deployments(path: Path = DEPLOYMENTS) -> list:
 
 
 @app.command()
-def serve() -> None:
-    """Serve the deployments in deployments/prefect.yaml from this process (no work pool needed)."""
+def serve(
+    deployments: Annotated[Path, typer.Option("--file", help="the deployments to serve")] = DEPLOYMENTS,
+) -> None:
+    """Serve the deployments in deployments/prefect.yaml from this process (no work pool needed).
+
+    Each run reads its recipe and applies the recipe's `runner:`; point PREFECT_API_URL at
+    the server that schedules them.
+    """
     from prefect import serve as prefect_serve
 
-    prefect_serve(*served_deployments())
+    prefect_serve(*served_deployments(deployments))
 
 
 @app.command()

@@ -270,9 +270,20 @@ class Output(Strict):
 
 
 class Runner(Strict):
+    """Where the build's tasks run; applied inside the run, however it was started."""
+
     kind: Literal["threads", "dask", "ray"] = "threads"
-    workers: int = Field(2, ge=1)
-    address: str | None = Field(None, description="an existing Dask scheduler or Ray cluster")
+    workers: int = Field(2, ge=1, description="threads, or the worker processes (Dask) or CPUs (Ray) of a local "
+                                              "cluster started for the run; unused with `address`")
+    address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786) or Ray cluster "
+                                                   "(ray://host:10001, or auto on one of its nodes)")
+
+    @model_validator(mode="after")
+    def _address_needs_a_cluster(self) -> Runner:
+        if self.address and self.kind == "threads":
+            raise ValueError(f"address {self.address!r} names a cluster, but kind is threads; set kind to dask "
+                             f"or ray, or remove address")
+        return self
 
 
 class Recipe(Strict):

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from helpers import split_row, synthetic_row
 
 from corpusmill.expectations.default import SuiteParams

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 
 KEY_COLUMNS = ("id", "cluster_id", "parent_id")  # a row's lineage keys share one hash space
@@ -114,11 +115,12 @@ class Lineage:
         per_split = [(names.index(s), k.keys()) for s, k in splits.items()]
         keys = _joined([k for _, k in per_split], np.uint64)
         bits = _joined([np.full(len(k), 1 << i, np.uint8) for i, k in per_split], np.uint8)
+        if not len(keys):
+            return cls(keys, bits)
         order = np.argsort(keys, kind="stable")
         keys, bits = keys[order], bits[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
-        bits = np.bitwise_or.reduceat(bits, starts) if len(keys) else bits
-        return cls(keys[starts] if len(keys) else keys, bits)
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        return cls(keys[starts], np.bitwise_or.reduceat(bits, starts))
 
     def n_splits(self) -> np.ndarray:
         return np.unpackbits(self.bits[:, None], axis=1).sum(axis=1).astype(np.int8)
@@ -154,9 +156,8 @@ def resolve(split_files: dict[str, list[Path]], wanted: Flagged,
     for split, paths in split_files.items():
         start = 0
         for path in paths:
-            table = read(path, None)
-            present = [c for c in KEY_COLUMNS if c in table.column_names]
-            table = table.select(present)
+            present = [c for c in KEY_COLUMNS if c in pq.read_schema(path).names]
+            table = read(path, present)
             here = wanted.rows.get(split, np.empty(0, np.int64))
             here = here[(here >= start) & (here < start + table.num_rows)]
             if len(here) and "id" in present:

@@ -251,6 +251,7 @@ def dedup(
 def served_deployments(path: Path = DEPLOYMENTS) -> list:
     """The deployments of `path` as runner deployments of the release flow, schedules included."""
     import yaml
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     from corpusmill.flows.release import release
@@ -260,6 +261,8 @@ def served_deployments(path: Path = DEPLOYMENTS) -> list:
         release.to_deployment(
             name=d["name"], description=d.get("description"), parameters=d.get("parameters", {}), tags=d.get("tags"),
             schedules=[Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in d.get("schedules", [])],
+            # Loaded as the installed module, so Dask and Ray workers can unpickle its tasks.
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for d in spec["deployments"]
     ]

@@ -108,8 +108,9 @@ def _emails(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
 
 
 # An optional +CC and (area code), then digit groups joined by single separators.
+# The lookahead is only for speed: Python's engine then skips to the next +, ( or digit.
 _PHONE = re.compile(
-    r"(?<![\w+/.,-])(?P<prefix>\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,5}\)[ .-]?)?|\([0-9]{1,5}\)[ .-]?)?"
+    r"(?=[+(0-9])(?<![\w+/.,-])(?P<prefix>\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,5}\)[ .-]?)?|\([0-9]{1,5}\)[ .-]?)?"
     r"(?P<body>[0-9]++(?:[ .-][0-9]++){0,7}+)",
     re.ASCII,
 )
@@ -123,7 +124,8 @@ NANP_GROUPS = {(3, 3, 4), (1, 3, 3, 4)}
 
 def _phones(text: str, step: PersonalData) -> Iterator[tuple[int, int]]:
     for m in _PHONE.finditer(text):
-        if _preceded_by(_AFTER_IDENTIFIER, text, m.start()):
+        # most matches are a year or a count: too short to hold a phone's digits, whatever follows
+        if m.end() - m.start() < PHONE_DIGITS[0] or _preceded_by(_AFTER_IDENTIFIER, text, m.start()):
             continue
         prefix = m["prefix"] or ""
         groups = [g.span() for g in _DIGITS.finditer(text, m.start("body"), m.end("body"))]

@@ -421,12 +421,6 @@ def _inputs(recipe: Recipe, fingerprints: dict) -> list[dict]:
     return inputs
 
 
-@flow(name="corpusmill-build", log_prints=True)
-def build_release(recipe: Recipe, work_dir: str) -> str:
-    """`build` as a subflow, so that `release` can give it the task runner the recipe asks for."""
-    return str(build(recipe, Path(work_dir)))
-
-
 @flow(name="corpusmill-release", log_prints=True)
 def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str = DEFAULT_WORK_DIR,
             nightly: bool = False) -> str:
@@ -435,6 +429,11 @@ def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str 
     `nightly` publishes `<version>-nightly.<YYYYMMDD>` of the run's scheduled date, so a
     scheduled deployment never collides with the previous night's immutable release.
     """
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", work_dir):  # s3://..., also as a Path has made it (s3:/...)
+        raise WorkDirNotLocal(
+            f"the work dir {work_dir!r} is a URL, which is not supported yet: the work dir must be a folder that "
+            f"every worker can read and write, such as a local path or an NFS mount on every machine. Pass "
+            f"--work-dir /shared/work (output.root may still be an s3:// URL).")
     overrides = list(overrides or [])
     if nightly:
         from prefect.runtime import flow_run
@@ -447,6 +446,16 @@ def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str 
     runner = task_runner_for(recipe.runner)
     get_run_logger().info(f"building {recipe.name} {recipe.version} with {_described(recipe.runner)}")
     return build_release.with_options(task_runner=runner)(recipe, work_dir)
+
+
+class WorkDirNotLocal(CorpusmillError):
+    pass
+
+
+@flow(name="corpusmill-build", log_prints=True)
+def build_release(recipe: Recipe, work_dir: str) -> str:
+    """`build` as a subflow, so that `release` can give it the task runner the recipe asks for."""
+    return str(build(recipe, Path(work_dir)))
 
 
 def _described(runner: Runner) -> str:

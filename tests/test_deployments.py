@@ -89,3 +89,11 @@ def served_recipe(tmp_path: Path, scheduler: str) -> Path:
         "runner": {"kind": "dask", "address": scheduler},
     }))
     return recipe
+
+
+@pytest.mark.parametrize("work_dir", ["s3://bucket/work", str(Path("s3://bucket/work"))])
+def test_a_url_work_dir_is_refused_with_what_to_use(work_dir):
+    from corpusmill.flows.release import WorkDirNotLocal
+
+    with pytest.raises(WorkDirNotLocal, match="every worker can read"):
+        release.fn("recipes/demo.yaml", [], work_dir)

@@ -103,18 +103,19 @@ def planted_corpus(megabytes: float, seed: int = SEED) -> tuple[list[str], list[
     rng = random.Random(seed)
     kinds = ["exact"] * round(len(base) * EXACT_SHARE) + ["near"] * round(len(base) * NEAR_SHARE)
     long_enough = [i for i, d in enumerate(base) if len(d.split()) >= 100]
-    copies: dict[int, list[tuple[int, str]]] = {}  # position in base after which the copy goes -> copies
+    copies: dict[int, list[tuple[int, str, str]]] = {}  # index in base after which they go -> (original, kind, text)
     for kind in kinds:
         original = rng.choice(long_enough)
         after = rng.randrange(original, len(base))
-        copies.setdefault(after, []).append((original, _near_copy(base[original], rng) if kind == "near" else kind))
+        text = _near_copy(base[original], rng) if kind == "near" else base[original]
+        copies.setdefault(after, []).append((original, kind, text))
     docs, where, pairs = [], {}, []
     for i, doc in enumerate(base):
         where[i] = len(docs)
         docs.append(doc)
-        for original, text in copies.get(i, []):
-            pairs.append((where[original], len(docs), "exact" if text == "exact" else "near"))
-            docs.append(base[original] if text == "exact" else text)
+        for original, kind, text in copies.get(i, []):
+            pairs.append((where[original], len(docs), kind))
+            docs.append(text)
     return docs, pairs
 
 
@@ -212,6 +213,9 @@ def task_runs() -> list[dict]:
 
 
 def per_stage(runs: list[dict], sampler: TreeSampler, megabytes: float, manifest: dict) -> dict:
+    """Each stage's span, busy time, MB/s and rows/s over its span, and peak RSS while it ran.
+    Rows are the stage report's rows in (signatures, bands and cluster: dedup's); from
+    assign-splits on, the release's rows. MB are the whole corpus's, for every stage."""
     rows_in = {name: r["rows_in"] for name, r in manifest["stages"].items()}
     rows_out = manifest["accounting"]["rows_out"]
     out = {}
@@ -221,7 +225,6 @@ def per_stage(runs: list[dict], sampler: TreeSampler, megabytes: float, manifest
             continue
         start, end = min(r["start"] for r in mine), max(r["end"] for r in mine)
         span = max(end - start, 1e-3)
-        # the flow's stage reports name the per-shard dedup steps "dedup"; later stages see the release rows
         rows = rows_in.get(stage, rows_in["dedup"] if stage in ("signatures", "bands", "cluster") else rows_out)
         out[stage] = {"tasks": len(mine), "wall_s": round(span, 2), "busy_s": round(sum(r["end"] - r["start"] for r in mine), 2),
                       "mb_s": round(megabytes / span, 2), "rows_s": round(rows / span, 1),
@@ -322,36 +325,30 @@ def stage_outputs(work: Path) -> dict[Path, int]:
             and ".results" not in p.parts and "quarantine" not in p.parts and not p.name.startswith(".")}
 
 
-def kill_and_resume(folder: Path, megabytes: float, reference: str, wall: float, seed: int) -> dict:
-    """SIGKILL a build at a seeded point of its expected wall time, rerun it to the end."""
-    planted_corpus_docs, _ = planted_corpus(megabytes)
-    write_corpus(planted_corpus_docs, folder)
-    after = random.Random(seed).uniform(0.2, 0.8) * wall
-    build = start_build(folder)
-    time.sleep(after)
+def kill_and_resume(folder: Path, megabytes: float, reference: dict, seed: int) -> dict:
+    """SIGKILL a build once it has finished a seeded number of the stage outputs the
+    uninterrupted build wrote (`reference`: its output count and fingerprint), rerun it to the end."""
+    write_corpus(planted_corpus(megabytes)[0], folder)
+    target = random.Random(seed).randint(1, reference["outputs"] - 1)
+    build = start_build(folder)  # with the benchmark's Prefect server, the build has no child processes
+    while build.poll() is None and len(stage_outputs(folder / "work")) < target:
+        time.sleep(SAMPLE_SECONDS)
     build.send_signal(signal.SIGKILL)
     build.wait()
-    for child in psutil.Process().children(recursive=True):  # nothing of the killed run may keep writing
-        if child.pid != SERVER_PID.get("pid"):
-            child.kill()
     finished = stage_outputs(folder / "work")
     resumed = start_build(folder)
     out, _ = resumed.communicate()
     if resumed.returncode:
-        raise SystemExit(f"the resumed build failed:\n{out[-4000:]}")
+        return {"failed": out[-2000:]}
     now = stage_outputs(folder / "work")
-    redone = [p for p, t in finished.items() if now.get(p) not in (None, t)]
     manifest = json.loads((folder / "releases" / NAME / "1.0.0" / "manifest.json").read_text())
-    return {"killed_after_s": round(after, 1), "outputs_finished_before_kill": len(finished),
+    return {"killed_after_outputs": len(finished), "outputs_total": len(now),
             "outputs_written_by_resume": sum(1 for p, t in now.items() if finished.get(p) != t),
-            "finished_outputs_recomputed": len(redone), "outputs_total": len(now),
-            "same_fingerprint": manifest["fingerprint"] == reference}
+            "finished_outputs_recomputed": sum(1 for p, t in finished.items() if now.get(p) not in (None, t)),
+            "same_fingerprint": manifest["fingerprint"] == reference["fingerprint"]}
 
 
 # --- the Prefect server and main ------------------------------------------------------------
-
-SERVER_PID: dict[str, int] = {}
-
 
 def start_server(home: Path) -> subprocess.Popen:
     """A Prefect server with its services (the task-run recorder writes the task runs read here)."""
@@ -364,7 +361,6 @@ def start_server(home: Path) -> subprocess.Popen:
                       PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    SERVER_PID["pid"] = server.pid
     from corpusmill.flows.server import _healthy
 
     deadline = time.monotonic() + 120
@@ -415,14 +411,15 @@ def main() -> None:
                 print(f"{factor}x: {args.mb * factor} MB ...", file=sys.stderr)
                 figures = run_size(Path(tmp) / f"x{factor}", args.mb * factor)
                 result["sizes"].append({"factor": factor, **figures})
-                print(json.dumps(result["sizes"][-1], indent=1), file=sys.stderr)
+                _write(result, args.json)  # each figure as soon as it is measured
             print("tokenize step against encode_batch ...", file=sys.stderr)
             result["tokenize"] = tokenize_ceiling(Path(tmp) / f"x{args.factors[0]}")
+            _write(result, args.json)
             if args.kill:
                 print("kill and resume ...", file=sys.stderr)
-                base = result["sizes"][0]
-                result["kill_and_resume"] = kill_and_resume(Path(tmp) / "killed", args.mb * args.factors[0],
-                                                            base["fingerprint"], base["wall_s"], SEED)
+                base = Path(tmp) / f"x{args.factors[0]}"
+                reference = {"outputs": len(stage_outputs(base / "work")), "fingerprint": result["sizes"][0]["fingerprint"]}
+                result["kill_and_resume"] = kill_and_resume(Path(tmp) / "killed", args.mb * args.factors[0], reference, SEED)
         finally:
             server_rss.stop()
             server.terminate()
@@ -431,11 +428,15 @@ def main() -> None:
     if len(result["sizes"]) > 1:
         result["targets"] = targets(result["sizes"], result["tokenize"])
         result["extrapolated"] = extrapolate(result["sizes"])
+    print(_write(result, args.json))
+
+
+def _write(result: dict, path: Path | None) -> str:
     text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORPORA = REPO.parent / "shared" / "corpora"
 NUM_PERM, NGRAM, THRESHOLD, SEED = 128, 5, 0.8, 1
 JACCARD_BINS = [0.8, 0.85, 0.9, 0.95, 1.0001]
-LIBRARIES = ["corpusmill", "numpy", "pyarrow", "scipy", "datasketch", "rensa", "datatrove", "xxhash", "spacy", "torch"]
+LIBRARIES = ["corpusmill", "numpy", "numba", "pyarrow", "scipy", "datasketch", "rensa", "datatrove", "xxhash", "spacy", "torch"]
 
 
 # --- documents ---------------------------------------------------------------------------------

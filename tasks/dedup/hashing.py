@@ -78,7 +78,7 @@ def shingle_hash32(shingle: bytes) -> int:
     return shingle_hash64(shingle) >> 32
 
 
-# --- arrays ---------------------------------------------------------------
+# --- Arrow string buffers ------------------------------------------------
 
 
 def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:

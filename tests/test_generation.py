@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -25,12 +26,13 @@ from corpusmill.tasks.generation.hf import (
 )
 from corpusmill.tasks.models import load_causal_lm
 from corpusmill.tasks.filters.tokens import TokenBounds
-from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates
+from corpusmill.tasks.recipe import Augment, ModelRef, QualityGates, load_recipe
 from corpusmill.tasks.shards import read_table, write_table
 from corpusmill.tasks.filters import StepContext
 from corpusmill.tasks.filters.chain import apply_steps
 
 SMOLLM2 = ModelRef(gguf="smollm2")
+DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
 
 SENTENCES = [*ALICE, "Alice laughed."]
 
@@ -110,6 +112,37 @@ def test_finish_reasons_and_stop_sequences(model):
     assert stopped[0].finish_reason == "stop"
     assert stopped[0].text == full[0].text[: full[0].text.index(" " + word)].strip()
     assert stopped[0].new_tokens < full[0].new_tokens
+
+
+# A module docstring from the demo's python-docs source.
+DOM_DOCSTRING = """W3C Document Object Model implementation for Python.
+
+The Python mapping of the Document Object Model is documented in the
+Python Library Reference in the section on the xml.dom package.
+
+This package contains the following modules:
+
+minidom -- A simple implementation of the Level 1 DOM with namespace
+           support added (based on the Level 2 specification) and other
+           minor Level 2 functionality.
+
+pulldom -- DOM builder supporting on-demand tree-building for selected
+           subtrees of the document."""
+
+
+def test_the_demos_stop_sequence_ends_a_qa_generation_after_its_first_answer(model):
+    # Left to run on, the small model asks and answers more questions until it loops or hits
+    # max_new_tokens, and the row is dropped; the demo's stop sequence keeps the first pair.
+    settings = load_recipe(DEMO_RECIPE).augment
+    [qa] = load_templates(["qa"])
+    # Without it, up to the start of the second question (48 tokens, to keep the test short).
+    [running_on] = generate_detailed([DOM_DOCSTRING], qa, settings.model_copy(update={"stop": [], "max_new_tokens": 48}), 0)
+    [stopped] = generate_detailed([DOM_DOCSTRING], qa, settings, 0)
+    assert "\n\nQuestion" in running_on.text
+    assert stopped.finish_reason == "stop" and stopped.new_tokens < running_on.new_tokens
+    assert stopped.text == running_on.text[: running_on.text.index("\n\nQuestion")].strip()
+    assert stopped.text.startswith("Question:") and "\n\nAnswer:" in stopped.text
+    assert quality_gate(DOM_DOCSTRING, stopped.text, settings.gates, stopped.finish_reason) is None
 
 
 def test_rows_join_a_running_batch_and_leave_when_they_end(model):

@@ -1,8 +1,9 @@
 """Validate stage: run the Great Expectations suite over a release, one file at a time.
 
 Memory does not grow with the release: each data file is read, checked and let go before
-the next. Its rows are one batch of `expectations.default.rows_suite` (named after the file,
-e.g. `train-00001-of-00004`), and what the filter steps' own detectors still find in them
+the next (a file with more than `PIECE_TEXT_BYTES` of text, in pieces of whole row groups).
+Its rows are one batch of `expectations.default.rows_suite` (named after the file, e.g.
+`train-00001-of-00004`, or `train-00001-of-00004 rows 0-19999` for a piece), and what the filter steps' own detectors still find in them
 one of `safety_suite` (`train-00001-of-00004 safety`). What holds over a whole split or
 across splits (unique ids and texts, the synthetic share, one row per cluster, no lineage in
 two splits) is checked on compact frames of hashes gathered while streaming
@@ -23,6 +24,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import json
 import math
+from itertools import accumulate
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +57,39 @@ SAFETY = "safety"
 SAMPLE = 5  # unexpected values quoted per failure
 VALUE_CHARS = 60  # characters quoted per unexpected value (texts can be long)
 FILES_QUOTED = 3  # files quoted per finding when one expectation fails in several
+# Text per GE batch: validation's memory is about ten times this (pandas strings, GE's
+# metrics), whatever the size of a release file; each batch costs GE about 1.5 s on top.
+PIECE_TEXT_BYTES = 64 * 2**20
 
 
-def read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One release file's rows: the only way validation reads data, one file at a time."""
-    return pq.read_table(path, columns=columns)
+def read_file(path: Path, columns: list[str] | None = None, row_groups: list[int] | None = None) -> pa.Table:
+    """One release file's rows (or those of some of its row groups): the only way validation
+    reads data, one piece at a time."""
+    if row_groups is None:
+        return pq.read_table(path, columns=columns)
+    return pq.ParquetFile(path).read_row_groups(row_groups, columns=columns)
+
+
+def pieces(path: Path) -> list[tuple[list[int] | None, str]]:
+    """The row groups validated together, and each piece's label: the whole file where its text
+    is at most `PIECE_TEXT_BYTES`, else runs of row groups of about that much text (from the
+    footer), so a file's size never decides validation's memory."""
+    name = Path(path).name.removesuffix(".parquet")
+    meta = pq.ParquetFile(path).metadata
+    text = meta.schema.to_arrow_schema().get_field_index("text")
+    sizes = [meta.row_group(g).column(text).total_uncompressed_size if text >= 0 else 0
+             for g in range(meta.num_row_groups)]
+    if sum(sizes) <= PIECE_TEXT_BYTES:
+        return [(None, name)]
+    runs, run, size = [], [], 0
+    for group, group_size in enumerate(sizes):
+        if run and size + group_size > PIECE_TEXT_BYTES:
+            runs.append(run)
+            run, size = [], 0
+        run, size = run + [group], size + group_size
+    runs.append(run)
+    first_row = list(accumulate((meta.row_group(g).num_rows for g in range(meta.num_row_groups)), initial=0))
+    return [(run, f"{name} rows {first_row[run[0]]}-{first_row[run[-1] + 1] - 1}") for run in runs]
 
 
 def check_schemas(split_files: dict[str, list[Path]]) -> None:
@@ -196,10 +226,9 @@ class Run:
         engine.batch_manager.batch_data_cache.clear()
         engine._metric_cache.clear()  # no public way; without it memory grows with every file
 
-    def check_file(self, split: str, path: Path, table: pa.Table, params: SuiteParams,
+    def check_file(self, split: str, name: str, table: pa.Table, params: SuiteParams,
                    decontamination_index: Path | None) -> None:
-        """The row-level suites on one release file's rows."""
-        name = Path(path).name.removesuffix(".parquet")
+        """The row-level suites on the rows of one release file (or piece of one, `name`)."""
         empty = table.num_rows == 0
         self.check(name, split, name, table.to_pandas(), rows_suite(params, "rows", empty=empty), ["id"])
         if safety_columns(params) and {"id", "text"} <= set(table.column_names):
@@ -274,10 +303,11 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     keys = {split: SplitKeys() for split in split_files}
     for split, paths in split_files.items():
         for path in paths:
-            table = read_file(path)
-            run.check_file(split, path, table, params, decontamination_index)
-            keys[split].add(table)
-            del table  # before the next file is read
+            for row_groups, name in pieces(path):
+                table = read_file(path, row_groups=row_groups)
+                run.check_file(split, name, table, params, decontamination_index)
+                keys[split].add(table)
+                del table  # before the next piece is read
     lineage = Lineage.of(keys, schema.SPLITS)
     wanted = flagged(keys, lineage, SAMPLE)
     row_ids, key_names = resolve(split_files, wanted, read_file) if wanted else ({}, {})

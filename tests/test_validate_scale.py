@@ -108,11 +108,11 @@ def test_validation_holds_one_file_at_a_time_and_reads_texts_once(tmp_path, monk
     reads, tables, frames = [], [], []
     read_file, check = validate.read_file, validate.Run.check
 
-    def counting_read(path, columns=None):
+    def counting_read(path, columns=None, row_groups=None):
         gc.collect()  # GE leaves reference cycles; what they hold is freed, not kept
         assert [r for r in tables + frames if r() is not None] == [], f"still held when reading {path.name}"
         reads.append((path.name, columns))
-        table = read_file(path, columns)
+        table = read_file(path, columns, row_groups)
         tables.append(weakref.ref(table))
         return table
 
@@ -135,13 +135,45 @@ def test_validation_holds_one_file_at_a_time_and_reads_texts_once(tmp_path, monk
                                     "safety": {"rows": 70, "success": True}}
 
 
+def test_a_file_with_more_text_than_a_piece_is_validated_piece_by_piece(tmp_path, monkeypatch):
+    """A big release file is read a few row groups at a time, and what spans its pieces (a
+    repeated text) or sits in a later piece (personal data) is still found, named by rows."""
+    rows = multi_file_rows()
+    train = rows["train"]
+    train[27]["text"] = train[21]["text"]
+    train[25]["text"] += " Write to jane.doe@example.org for a copy."
+    path = tmp_path / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(train, schema=schema.RELEASE), path, row_group_size=4)
+    files = {**write_files(tmp_path, {s: rows[s] for s in ("validation", "test")}), "train": [path]}
+    text_bytes = pq.ParquetFile(path).metadata.row_group(0).column(1).total_uncompressed_size
+    monkeypatch.setattr(validate, "PIECE_TEXT_BYTES", 2 * text_bytes)  # about two row groups of 4 rows a piece
+    reads = []
+    read_file = validate.read_file
+    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None:
+                        reads.append((path.name, row_groups)) or read_file(path, columns, row_groups))
+    summary = validate_release(files, params(), tmp_path / "validation")
+
+    pieces = [groups for name, groups in reads if name.startswith("train") and groups is not None]
+    assert len(pieces) >= 3 and [g for groups in pieces for g in groups] == list(range(8))  # each group once, in order
+    found = {(f["batch"], f["column"]): f for f in summary["critical_failures"]}
+    assert set(found) == {("train", "text"), ("safety", "personal_data.email")}
+    assert "train-021" in found[("train", "text")]["observed"] and "train-027" in found[("train", "text")]["observed"]
+    (piece,) = found[("safety", "personal_data.email")]["files"]
+    first, last = map(int, piece.removeprefix("train-00000-of-00001 rows ").split("-"))
+    assert first <= 25 <= last and (first, last) != (0, 29)
+    assert "train-025" in found[("safety", "personal_data.email")]["observed"]
+    assert summary["per_batch"]["train"] == {"rows": 30, "success": False}
+
+
 def test_names_are_resolved_by_a_second_pass_over_key_columns_only(tmp_path, monkeypatch):
     rows = multi_file_rows()
     rows["test"][19]["id"] = "test-001"
     files = write_files(tmp_path, rows)
     reads = []
     read_file = validate.read_file
-    monkeypatch.setattr(validate, "read_file", lambda path, columns=None: reads.append(columns) or read_file(path, columns))
+    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None:
+                        reads.append(columns) or read_file(path, columns, row_groups))
     summary = validate_release(files, SuiteParams(4, 100, 0.3), tmp_path / "validation")
 
     (failure,) = summary["critical_failures"]

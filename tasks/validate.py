@@ -23,9 +23,13 @@ import os
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import json
+import logging
 import math
-from itertools import accumulate
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import great_expectations as gx
@@ -56,6 +60,7 @@ LINEAGE = "lineage"
 SAFETY = "safety"
 SAMPLE = 5  # unexpected values quoted per failure
 VALUE_CHARS = 60  # characters quoted per unexpected value (texts can be long)
+SITE_BUILDER_LOGGER = "great_expectations.render.renderer.site_builder"
 FILES_QUOTED = 3  # files quoted per finding when one expectation fails in several
 # Text per GE batch: validation's memory grows by about eight times this (pandas strings,
 # GE's metrics), whatever the size of a release file. Files of 180 MB of text: +1,140 MB
@@ -239,8 +244,37 @@ class Run:
 
     def finish(self) -> None:
         """Write the Data Docs of every batch, readable offline."""
-        self.context.build_data_docs()
+        with _raising(SITE_BUILDER_LOGGER):
+            self.context.build_data_docs()
         make_offline(self.docs_dir)  # no CDN stylesheets or scripts: the reports read offline, inside the release
+
+
+class _Caught(logging.Handler):
+    """Keeps the exceptions a logger reports while they are being handled."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors.append(sys.exc_info()[1] or RuntimeError(record.getMessage()))
+
+
+@contextmanager
+def _raising(logger_name: str) -> Iterator[None]:
+    """Raise what `logger_name` only logged: GE's site builder catches an error writing a Data
+    Docs page (a full disk) and logs it with its traceback, which would publish incomplete
+    docs; instead the error stops the release like any other write."""
+    logger, caught = logging.getLogger(logger_name), _Caught()
+    logger.addHandler(caught)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(caught)
+        logger.propagate = propagate
+    if caught.errors:
+        raise caught.errors[0]
 
 
 def _findings(batches: list[Batch]) -> tuple[list[dict], list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -190,6 +191,23 @@ def test_files_of_one_split_must_share_a_schema(tmp_path):
     pq.write_table(_drop_prompt_id(pa.Table.from_pylist([split_row("train", 99)], schema=schema.RELEASE)), other)
     with pytest.raises(ValueError, match="different schemas"):
         validate_release({**files, "train": [*files["train"], other]}, PARAMS, tmp_path / "validation")
+
+
+def test_a_data_docs_page_that_cannot_be_written_stops_validation(tmp_path, monkeypatch, caplog):
+    """GE's site builder only logs what it fails to write; a full disk must not leave a
+    release with incomplete reports, nor print GE's traceback."""
+    from great_expectations.data_context.store.html_site_store import HtmlSiteStore
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def disk_full(self, key, value, **kwargs):
+        raise full
+
+    monkeypatch.setattr(HtmlSiteStore, "set", disk_full)
+    with pytest.raises(OSError) as raised:
+        validate_release(write_split_files(tmp_path, valid_rows()), PARAMS, tmp_path / "validation")
+    assert raised.value is full
+    assert "Traceback" not in caplog.text
 
 
 def test_empty_split_passes(tmp_path):

@@ -18,7 +18,8 @@ def count_tokens(texts: list[str], tokenizer) -> np.ndarray:
     counts = np.empty(len(texts), dtype=np.int32)
     for start in range(0, len(texts), ENCODE_BATCH):
         batch = texts[start : start + ENCODE_BATCH]
-        counts[start : start + len(batch)] = [len(e.ids) for e in encode(batch, add_special_tokens=False)]
+        # len(encoding), not len(encoding.ids): no list of ids is built per row
+        counts[start : start + len(batch)] = [len(e) for e in encode(batch, add_special_tokens=False)]
     return counts
 
 

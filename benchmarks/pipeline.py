@@ -25,7 +25,8 @@ server started here (so the flow's task runs can be read back). Reported per siz
 
 After the largest size, on the base size's ingest shards: the tokens step as the filter
 stage calls it, shard by shard (`TokenBounds.filter`), against the raw `tokenizers`
-`encode_batch` over the same texts with the same tokenizer (both use every core).
+`encode_batch` over the same texts with the same tokenizer (both use every core; the step
+counts with tiktoken's rank BPE built from the tokenizer's merges, `tasks/filters/tokens.py`).
 
 `--kill` (item 5 of the scale issue) SIGKILLs a build of the base size at a seeded random
 point, reruns it, and reports whether the fingerprint equals the uninterrupted run's and how
@@ -292,7 +293,7 @@ def tokenize_ceiling(folder: Path, rounds: int = 2) -> dict:
     import pyarrow.parquet as pq
 
     from corpusmill.tasks.filters.step import StepContext
-    from corpusmill.tasks.filters.tokens import TokenBounds
+    from corpusmill.tasks.filters.tokens import TokenBounds, rank_bpe
     from corpusmill.tasks.recipe import ModelRef
 
     shards = [pq.read_table(p, columns=["id", "text"]) for p in sorted((folder / "work" / NAME / "ingest").rglob("*.parquet"))
@@ -313,7 +314,7 @@ def tokenize_ceiling(folder: Path, rounds: int = 2) -> dict:
         raw_s = min(raw_s, time.perf_counter() - start)
     return {"documents": len(texts), "megabytes": round(megabytes, 2), "shards": len(shards),
             "step_mb_s": round(megabytes / step_s, 3), "raw_encode_batch_mb_s": round(megabytes / raw_s, 3),
-            "ratio": round(raw_s / step_s, 3)}
+            "ratio": round(raw_s / step_s, 3), "counter": "tiktoken rank BPE" if rank_bpe(context.tokenizer) else "tokenizers"}
 
 
 # --- killed and resumed ---------------------------------------------------------------------

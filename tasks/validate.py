@@ -69,23 +69,22 @@ FILES_QUOTED = 3  # files quoted per finding when one expectation fails in sever
 PIECE_TEXT_BYTES = 64 * 2**20
 
 
-def read_file(path: Path, columns: list[str] | None = None, row_groups: list[int] | None = None) -> pa.Table:
+def read_file(path: Path, columns: list[str] | None = None, row_groups: list[int] | None = None,
+              footer: pq.FileMetaData | None = None) -> pa.Table:
     """One release file's rows (or those of some of its row groups): the only way validation
-    reads data, one piece at a time."""
-    if row_groups is None:
-        return pq.read_table(path, columns=columns)
-    return pq.ParquetFile(path).read_row_groups(row_groups, columns=columns)
+    reads data, one piece at a time. `footer`: the file's metadata, where it was read already."""
+    file = pq.ParquetFile(path, metadata=footer)
+    return file.read(columns=columns) if row_groups is None else file.read_row_groups(row_groups, columns=columns)
 
 
-def pieces(path: Path) -> list[tuple[list[int] | None, str]]:
+def pieces(path: Path, footer: pq.FileMetaData) -> list[tuple[list[int] | None, str]]:
     """The row groups validated together, and each piece's label: the whole file where its text
     is at most `PIECE_TEXT_BYTES`, else runs of row groups of about that much text (from the
     footer), so a file's size never decides validation's memory."""
     name = Path(path).name.removesuffix(".parquet")
-    meta = pq.ParquetFile(path).metadata
-    text = meta.schema.to_arrow_schema().get_field_index("text")
-    sizes = [meta.row_group(g).column(text).total_uncompressed_size if text >= 0 else 0
-             for g in range(meta.num_row_groups)]
+    text = footer.schema.to_arrow_schema().get_field_index("text")
+    groups = [footer.row_group(g) for g in range(footer.num_row_groups)]
+    sizes = [group.column(text).total_uncompressed_size if text >= 0 else 0 for group in groups]
     if sum(sizes) <= PIECE_TEXT_BYTES:
         return [(None, name)]
     runs, run, size = [], [], 0
@@ -95,17 +94,20 @@ def pieces(path: Path) -> list[tuple[list[int] | None, str]]:
             run, size = [], 0
         run, size = run + [group], size + group_size
     runs.append(run)
-    first_row = list(accumulate((meta.row_group(g).num_rows for g in range(meta.num_row_groups)), initial=0))
+    first_row = list(accumulate((group.num_rows for group in groups), initial=0))
     return [(run, f"{name} rows {first_row[run[0]]}-{first_row[run[-1] + 1] - 1}") for run in runs]
 
 
-def check_schemas(split_files: dict[str, list[Path]]) -> None:
-    """The files of each split must share one schema (from their footers; no rows read)."""
+def read_footers(split_files: dict[str, list[Path]]) -> dict[Path, pq.FileMetaData]:
+    """Every file's footer, read once for the whole validation. The files of each split must
+    share one schema (no rows read)."""
+    footers = {path: pq.read_metadata(path) for paths in split_files.values() for path in paths}
     for paths in split_files.values():
-        schemas = [pq.read_schema(p) for p in paths]
+        schemas = [footers[p].schema.to_arrow_schema() for p in paths]
         if any(not s.equals(schemas[0]) for s in schemas[1:]):
             names = ", ".join(str(p) for p in paths)
             raise ValueError(f"the files of one split ({names}) have different schemas; they must load as one table")
+    return footers
 
 
 def safety_frame(table: pa.Table, split: str, params: SuiteParams,
@@ -330,7 +332,7 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     if unknown:
         raise ValueError(f"unknown split names {unknown}; a release has splits {list(schema.SPLITS)}")
     split_files = {s: [Path(p) for p in split_files[s]] for s in schema.SPLITS if s in split_files}
-    check_schemas(split_files)
+    footers = read_footers(split_files)
     out_dir = Path(out_dir).resolve()  # GE's Data Docs site refuses relative folders
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"
@@ -339,8 +341,8 @@ def validate_release(split_files: dict[str, list[Path]], params: SuiteParams, ou
     keys = {split: SplitKeys() for split in split_files}
     for split, paths in split_files.items():
         for path in paths:
-            for row_groups, name in pieces(path):
-                table = read_file(path, row_groups=row_groups)
+            for row_groups, name in pieces(path, footers[path]):
+                table = read_file(path, row_groups=row_groups, footer=footers[path])
                 run.check_file(split, name, table, params, decontamination_index)
                 keys[split].add(table)
                 del table  # before the next piece is read

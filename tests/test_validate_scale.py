@@ -108,11 +108,11 @@ def test_validation_holds_one_file_at_a_time_and_reads_texts_once(tmp_path, monk
     reads, tables, frames = [], [], []
     read_file, check = validate.read_file, validate.Run.check
 
-    def counting_read(path, columns=None, row_groups=None):
+    def counting_read(path, columns=None, row_groups=None, footer=None):
         gc.collect()  # GE leaves reference cycles; what they hold is freed, not kept
         assert [r for r in tables + frames if r() is not None] == [], f"still held when reading {path.name}"
         reads.append((path.name, columns))
-        table = read_file(path, columns, row_groups)
+        table = read_file(path, columns, row_groups, footer)
         tables.append(weakref.ref(table))
         return table
 
@@ -150,8 +150,8 @@ def test_a_file_with_more_text_than_a_piece_is_validated_piece_by_piece(tmp_path
     monkeypatch.setattr(validate, "PIECE_TEXT_BYTES", 2 * text_bytes)  # about two row groups of 4 rows a piece
     reads = []
     read_file = validate.read_file
-    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None:
-                        reads.append((path.name, row_groups)) or read_file(path, columns, row_groups))
+    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None, footer=None:
+                        reads.append((path.name, row_groups)) or read_file(path, columns, row_groups, footer))
     summary = validate_release(files, params(), tmp_path / "validation")
 
     pieces = [groups for name, groups in reads if name.startswith("train") and groups is not None]
@@ -166,14 +166,34 @@ def test_a_file_with_more_text_than_a_piece_is_validated_piece_by_piece(tmp_path
     assert summary["per_batch"]["train"] == {"rows": 30, "success": False}
 
 
+def test_each_file_footer_is_read_once(tmp_path, monkeypatch):
+    """The schema check, the piece plan and every piece's read share one read of the footer."""
+    files = write_files(tmp_path, multi_file_rows())
+    monkeypatch.setattr(validate, "PIECE_TEXT_BYTES", 1)  # every row group a piece of its own
+    footers_read = []
+    parquet_file = pq.ParquetFile
+
+    def counting_file(path, *args, metadata=None, **kwargs):
+        if metadata is None:  # pyarrow parses the footer
+            footers_read.append(path)
+        return parquet_file(path, *args, metadata=metadata, **kwargs)
+
+    for module in (pq, pq.core):  # pq.read_metadata and read_schema call the one in pq.core
+        monkeypatch.setattr(module, "ParquetFile", counting_file)
+    summary = validate_release(files, params(), tmp_path / "validation")
+
+    assert summary["success"] is True, format_failures(summary)
+    assert len(footers_read) == sum(len(paths) for paths in files.values()) == 7
+
+
 def test_names_are_resolved_by_a_second_pass_over_key_columns_only(tmp_path, monkeypatch):
     rows = multi_file_rows()
     rows["test"][19]["id"] = "test-001"
     files = write_files(tmp_path, rows)
     reads = []
     read_file = validate.read_file
-    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None:
-                        reads.append(columns) or read_file(path, columns, row_groups))
+    monkeypatch.setattr(validate, "read_file", lambda path, columns=None, row_groups=None, footer=None:
+                        reads.append(columns) or read_file(path, columns, row_groups, footer))
     summary = validate_release(files, SuiteParams(4, 100, 0.3), tmp_path / "validation")
 
     (failure,) = summary["critical_failures"]

@@ -277,11 +277,11 @@ def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], 
                             previous[1]["version"]) if previous else None
     params = dict(clusters_path=clusters_path, shard_paths=text_shards, splits=recipe.splits, seed=recipe.seed,
                   max_synthetic_share=recipe.augment.max_synthetic_share if recipe.augment else None, previous=pinned)
-    assignments_path = b.place(split.ASSIGN, **params) / "assignments.parquet"
-    b.report("split", b.submit(assign_splits, **params, out_path=assignments_path).result())
+    out_dir = b.place(split.ASSIGN, **params)
+    b.report("split", b.submit(assign_splits, **params, out_dir=out_dir).result())
     final = []
     futures = []
-    for p in text_shards:
+    for p, assignments_path in zip(text_shards, split.assignment_paths(out_dir, len(text_shards))):
         folder = b.place(split.FINALIZE, shard_path=p, assignments_path=assignments_path)
         final.append(folder / p.name)
         futures.append(b.submit(finalize_shard, p, assignments_path, folder / p.name,

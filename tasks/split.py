@@ -215,16 +215,25 @@ def pinned_splits(roots: list[str], links: list[set]) -> dict[str, str]:
     return {root: next(s for s in PRECEDENCE if s in splits) for root, splits in linked.items()}
 
 
-def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits: Splits,
+def assignment_paths(out_dir: str | Path, shards: int) -> list[Path]:
+    """Where `assign` writes each shard's assignments, in the order of its `shard_paths`."""
+    return [Path(out_dir) / f"assignments-{i:05d}.parquet" for i in range(shards)]
+
+
+def assign(clusters_path: Path, shard_paths: list[Path], out_dir: Path, splits: Splits,
            max_synthetic_share: float | None, seed: int, previous: Previous | None = None) -> dict:
     """Assign every row kept by dedup to a split and apply the per-split synthetic cap.
 
     `shard_paths` are the tokenized and augment shards; only their small id, synthetic and
-    parent_id columns are read. Writes one assignment row per input row (rows dropped by
-    dedup keep their reason and get no split).
+    parent_id columns are read. Writes, for each shard, one assignment row per row of the
+    shard in its order (`assignment_paths`), so finalizing a shard reads only its own; rows
+    dropped by dedup keep their reason and get no split.
     """
     clusters = read_table(clusters_path).sort_by("id")
-    rows = pa.concat_tables(read_table(p, ["id", "synthetic", "parent_id"]) for p in shard_paths).sort_by("id")
+    rows = pa.concat_tables(read_table(p, ["id", "synthetic", "parent_id"]) for p in shard_paths)
+    shard_rows = [pq.read_metadata(p).num_rows for p in shard_paths]
+    by_id = pc.sort_indices(rows, [("id", "ascending")])
+    rows = rows.take(by_id)
     if not rows.column("id").equals(clusters.column("id")):
         raise StaleWorkFiles(f"{clusters_path} does not hold the row ids of the {len(shard_paths)} shards given with "
                              "it (its clusters were made from other shards); rerun the dedup stage")
@@ -257,7 +266,11 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
          "reason": pa.array(reason, pa.string())},
         schema=ASSIGNMENTS,
     )
-    write_table(table, out_path)
+    in_shard_order = np.empty(len(ids), dtype=np.int64)
+    in_shard_order[by_id.to_numpy()] = np.arange(len(ids))
+    table = table.take(pa.array(in_shard_order))
+    for path, start, length in zip(assignment_paths(out_dir, len(shard_paths)), np.cumsum([0, *shard_rows]), shard_rows):
+        write_table(table.slice(int(start), length), path)
     report.rows_out = int(pc.sum(pc.is_valid(table.column("split"))).as_py() or 0)  # None when no row is left
     report.extra["rows"] = {
         name: {"rows": int((split == name).sum()), "synthetic": int(((split == name) & synthetic).sum())}
@@ -275,13 +288,18 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_path: Path, splits:
 def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantine_path: Path) -> dict:
     """Attach `cluster_id` and `split` to one shard's rows, in order; rows without a split
     (duplicates, over the synthetic cap) go to the quarantine with their reason. The shard is
-    read a row group at a time; the assignments are the compact side data of every row."""
+    read a row group at a time beside its own assignments, which are in the shard's row order."""
     assignments = read_table(assignments_path)
     kept = dropped = None
-    rows = n_dropped = 0
+    rows = n_dropped = offset = 0
     try:
         for batch in iter_batches(shard_path):
-            table, rejects = _attach(batch, assignments)
+            matched = assignments.slice(offset, batch.num_rows)
+            offset += batch.num_rows
+            if not matched.column("id").equals(batch.column("id")):
+                raise StaleWorkFiles(f"{assignments_path} does not hold the ids of {shard_path} in its row order (the "
+                                     "assignments were made from another shard); rerun the split stage")
+            table, rejects = _attach(batch, matched)
             if table.num_rows:
                 kept = kept or ParquetSink(out_path, table.schema)
                 kept.write(table)
@@ -291,7 +309,7 @@ def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantin
                 dropped.write(rejects)
                 n_dropped += rejects.num_rows
         if kept is None:  # no row kept: an empty file, written as for any empty table
-            write_table(_attach(pq.read_schema(shard_path).empty_table(), assignments)[0], out_path)
+            write_table(_attach(pq.read_schema(shard_path).empty_table(), assignments.slice(0, 0))[0], out_path)
         else:
             kept.close()
         if dropped is None:
@@ -306,9 +324,9 @@ def finalize(shard_path: Path, assignments_path: Path, out_path: Path, quarantin
     return {"rows": rows, "dropped": n_dropped}
 
 
-def _attach(batch: pa.Table, assignments: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(the batch's assigned rows with `cluster_id` and `split`, its quarantine rows)."""
-    matched = assignments.take(pc.index_in(batch.column("id"), value_set=assignments.column("id")))
+def _attach(batch: pa.Table, matched: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(the batch's assigned rows with `cluster_id` and `split`, its quarantine rows);
+    `matched` holds the batch's assignments, row for row."""
     table = batch.append_column(schema.RELEASE.field("cluster_id"), matched.column("cluster_id"))
     table = table.append_column(pa.field("split", pa.string()), matched.column("split"))
     assigned = pc.is_valid(table.column("split"))
@@ -322,5 +340,5 @@ def _attach(batch: pa.Table, assignments: pa.Table) -> tuple[pa.Table, pa.Table]
     return table.filter(assigned), rejects
 
 
-ASSIGN = Stage("assign-splits", "1", assign, inputs=("clusters_path", "shard_paths"))
-FINALIZE = Stage("finalize", "1", finalize, inputs=("shard_path", "assignments_path"), label="{shard_path.name}")
+ASSIGN = Stage("assign-splits", "2", assign, inputs=("clusters_path", "shard_paths"))
+FINALIZE = Stage("finalize", "2", finalize, inputs=("shard_path", "assignments_path"), label="{shard_path.name}")

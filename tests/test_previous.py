@@ -52,9 +52,9 @@ def test_held_out_rows_and_their_near_duplicates_stay_held_out(tmp_path):
     side = prepare_previous(previous_dir, tmp_path / "previous", SETTINGS)
     assert prepare_previous(previous_dir, tmp_path / "previous", SETTINGS) == side  # reused
     previous = Previous(str(side), (str(tmp_path / "sig.parquet"),), SETTINGS.model_dump(), "1.0.0")
-    report = assign(tmp_path / "clusters.parquet", [tmp_path / "tok.parquet"], tmp_path / "assign.parquet",
+    report = assign(tmp_path / "clusters.parquet", [tmp_path / "tok.parquet"], tmp_path / "assign",
                     Splits(train=0.9, validation=0.05, test=0.05), None, seed=1, previous=previous)
-    where = {r["id"]: r["split"] for r in read_table(tmp_path / "assign.parquet").to_pylist()}
+    where = {r["id"]: r["split"] for r in read_table(tmp_path / "assign" / "assignments-00000.parquet").to_pylist()}
 
     for i in range(200):  # reused exactly
         assert where[f"n{i:04d}"] == ("test" if i % 2 else "validation")
@@ -66,7 +66,7 @@ def test_held_out_rows_and_their_near_duplicates_stay_held_out(tmp_path):
     assert info["rows_pinned"]["test"] >= 102 and info["rows_pinned"]["train"] == 1
 
     # without the previous release the same rows mostly land in train
-    report = assign(tmp_path / "clusters.parquet", [tmp_path / "tok.parquet"], tmp_path / "assign2.parquet",
+    report = assign(tmp_path / "clusters.parquet", [tmp_path / "tok.parquet"], tmp_path / "assign2",
                     Splits(train=0.9, validation=0.05, test=0.05), None, seed=1)
-    plain = {r["id"]: r["split"] for r in read_table(tmp_path / "assign2.parquet").to_pylist()}
+    plain = {r["id"]: r["split"] for r in read_table(tmp_path / "assign2" / "assignments-00000.parquet").to_pylist()}
     assert sum(plain[f"n{i:04d}"] == "train" for i in range(200)) > 150 and "previous" not in report["extra"]

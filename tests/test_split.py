@@ -9,7 +9,7 @@ from corpusmill.tasks import schema
 from corpusmill.tasks.dedup import StaleWorkFiles
 from corpusmill.tasks.recipe import Splits
 from corpusmill.tasks.shards import read_table, write_table
-from corpusmill.tasks.split import assign, cap_synthetic, finalize, lineage_roots, split_of
+from corpusmill.tasks.split import assign, assignment_paths, cap_synthetic, finalize, lineage_roots, split_of
 
 
 def test_lineage_joins_clusters_and_parents():
@@ -84,8 +84,12 @@ def test_assign_keeps_lineage_in_one_split_and_finalize_keeps_order(tmp_path):
     })
     write_table(clusters, tmp_path / "clusters.parquet")
     report = assign(tmp_path / "clusters.parquet", [tmp_path / "a.parquet", tmp_path / "b.parquet"],
-                    tmp_path / "assign.parquet", Splits(train=0.6, validation=0.2, test=0.2), 0.2, seed=1)
-    table = read_table(tmp_path / "assign.parquet").to_pylist()
+                    tmp_path / "assign", Splits(train=0.6, validation=0.2, test=0.2), 0.2, seed=1)
+    for_a, for_b = assignment_paths(tmp_path / "assign", 2)
+    # each shard's assignments are its own rows, in its order
+    assert read_table(for_a).column("id").to_pylist() == [r["id"] for r in originals]
+    assert read_table(for_b).column("id").to_pylist() == [r["id"] for r in synthetic]
+    table = read_table(for_a).to_pylist() + read_table(for_b).to_pylist()
     where = {r["id"]: r["split"] for r in table}
     assert where["o0001"] is None
     for r in synthetic:
@@ -95,7 +99,9 @@ def test_assign_keeps_lineage_in_one_split_and_finalize_keeps_order(tmp_path):
     for name, counts in report["extra"]["rows"].items():
         assert counts["synthetic"] <= 0.2 * counts["rows"] + 1e-9
 
-    finalize(tmp_path / "a.parquet", tmp_path / "assign.parquet", tmp_path / "final.parquet", tmp_path / "q.parquet")
+    with pytest.raises(StaleWorkFiles, match=r"assignments-00001\.parquet does not hold the ids of .*a\.parquet"):
+        finalize(tmp_path / "a.parquet", for_b, tmp_path / "final.parquet", tmp_path / "q.parquet")
+    finalize(tmp_path / "a.parquet", for_a, tmp_path / "final.parquet", tmp_path / "q.parquet")
     assert read_table(tmp_path / "q.parquet").to_pylist()[0] | {"text": None} == {
         "id": "o0001", "source": "s", "stage": "dedup", "reason": "near_duplicate", "detail": "cluster o0000", "text": None}
     final = read_table(tmp_path / "final.parquet")
@@ -108,4 +114,4 @@ def test_assign_refuses_clusters_of_other_shards(tmp_path):
     write_table(pa.table({"id": ["b"], "cluster_id": ["b"], "keep": [True], "reason": pa.array([None], pa.string())}),
                 tmp_path / "clusters.parquet")
     with pytest.raises(StaleWorkFiles, match=r"clusters\.parquet does not hold the row ids of the 1 shards.*rerun the dedup"):
-        assign(tmp_path / "clusters.parquet", [tmp_path / "a.parquet"], tmp_path / "assign.parquet", Splits(), None, seed=1)
+        assign(tmp_path / "clusters.parquet", [tmp_path / "a.parquet"], tmp_path / "assign", Splits(), None, seed=1)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
+import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -598,3 +600,33 @@ def test_cluster_cap_stops_chaining_and_is_reported(tmp_path):
     assert max(sizes) <= 3 and sum(sizes) == 8 and report["extra"]["refused_by_cap"] > 0
     assert report["extra"]["largest_cluster"] == max(sizes) and sum(
         report["extra"]["cluster_sizes"].values()) == len(sizes)
+
+
+COMPILE_WITHOUT_A_WRITABLE_CACHE = """
+import numba
+import numba.core.caching as caching
+import numpy as np
+for locator in (caching.InTreeCacheLocator, caching.UserWideCacheLocator):  # a read-only install and home
+    locator.from_function = classmethod(lambda cls, function, path: None)
+from corpusmill.tasks.dedup.hashing import fmix64_compiled
+fmix64_compiled(np.uint64(1))
+print(numba.config.CACHE_DIR)
+"""
+
+
+@pytest.mark.parametrize("held_by_others", [False, True])
+def test_compiled_loops_are_cached_in_a_private_temporary_folder_where_numba_finds_none(tmp_path, held_by_others):
+    """Where numba can write neither next to the source nor in the user's cache folder, dedup
+    still imports and caches its compiled code: in this user's folder under TMPDIR, or, where
+    others could write that folder (and plant code there), in a new one of its own."""
+    shared = tmp_path / f"corpusmill-numba-{os.getuid()}"
+    if held_by_others:
+        shared.mkdir()
+        shared.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", COMPILE_WITHOUT_A_WRITABLE_CACHE], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    cache = Path(run.stdout.strip())
+    assert cache.parent == tmp_path and (cache == shared) is not held_by_others
+    assert list(cache.rglob("*.nbi"))  # the compiled finalizer was cached there

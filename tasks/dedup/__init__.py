@@ -5,6 +5,7 @@ in memory (`stage`): per-shard signature side files, one task per LSH band for c
 pairs, and one clustering task that verifies every candidate by exact Jaccard. By job:
 
 - `hashing`: the hash definitions and their Python reference;
+- `compiled`: how the compiled loops are compiled and cached (numba);
 - `text`: normalised text, word n-gram shingles, and both hashed for a batch in one compiled
   pass (`features`, `shingle_sets`);
 - `lsh`: MinHash signatures, the choice of bands, band keys, candidate pairs;

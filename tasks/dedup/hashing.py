@@ -14,9 +14,10 @@ with `fmix64_compiled`.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pyarrow as pa
+
+from corpusmill.tasks.dedup.compiled import njit
 
 M64 = (1 << 64) - 1
 P = 0x100000001B3  # FNV prime: odd, so its powers never vanish mod 2^64
@@ -35,7 +36,7 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(33))
 
 
-fmix64_compiled = numba.njit(cache=True, nogil=True)(fmix64)  # the same finalizer, for one uint64 in compiled loops
+fmix64_compiled = njit(fmix64)  # the same finalizer, for one uint64 in compiled loops
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:

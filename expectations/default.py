@@ -72,13 +72,16 @@ def rows_suite(params: SuiteParams, name: str, *, empty: bool = False) -> gx.Exp
     """The suite for the rows of one release file, named `default.<name>`.
 
     With `empty=True` only the columns and their types are checked: a file with no rows
-    (a split a tiny dataset leaves empty) has nothing else to check.
+    (a split a tiny dataset leaves empty) has nothing else to check. That suite is named
+    `default.<name>-empty`: a validation run reuses a suite by its name, so an empty file
+    checked first must not leave the files after it with only the schema checked.
     """
     groups = [_schema]
     if not empty:
         groups += [_not_null, _token_bounds, _languages, _provenance]
     # The suite gets its expectations at construction: `add_expectation` needs an active context.
-    return gx.ExpectationSuite(name=f"{SUITE}.{name}", expectations=[e for group in groups for e in group(params)])
+    return gx.ExpectationSuite(name=f"{SUITE}.{name}" + ("-empty" if empty else ""),
+                               expectations=[e for group in groups for e in group(params)])
 
 
 def split_suite(params: SuiteParams, name: str) -> gx.ExpectationSuite:

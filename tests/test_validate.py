@@ -220,6 +220,15 @@ def test_empty_split_passes(tmp_path):
     assert format_failures(summary).startswith("Validation passed")
 
 
+def test_an_empty_file_checked_first_leaves_the_row_checks_of_the_files_after_it(tmp_path):
+    rows = valid_rows()
+    rows["train"] = []
+    rows["validation"][0]["n_tokens"] = PARAMS.max_tokens + 1
+    summary = validate_release(write_split_files(tmp_path, rows), PARAMS, tmp_path / "validation")
+
+    assert [(f["batch"], f["column"]) for f in summary["critical_failures"]] == [("validation", "n_tokens")]
+
+
 def test_repeated_cluster_within_a_split_is_a_warning(tmp_path):
     rows = valid_rows()
     rows["train"][2]["cluster_id"] = rows["train"][1]["id"]

@@ -23,6 +23,7 @@ from corpusmill.tasks.generation.hf import (
     next_tokens,
     shared_prefixes,
     stop_token_ids,
+    vocabulary_weight,
 )
 from corpusmill.tasks.models import load_causal_lm
 from corpusmill.tasks.filters.tokens import TokenBounds
@@ -94,7 +95,9 @@ def test_recipe_keys_for_generation():
 
 @pytest.fixture(scope="module")
 def model():
-    return load_causal_lm(SMOLLM2, "auto")
+    loaded = load_causal_lm(SMOLLM2, "auto")
+    vocabulary_weight(loaded[0])  # the backend's one probe of the model, before any test counts forward passes
+    return loaded
 
 
 def test_finish_reasons_and_stop_sequences(model):
@@ -153,7 +156,7 @@ def test_rows_join_a_running_batch_and_leave_when_they_end(model):
     def record(module, args, kwargs):
         calls.append(tuple(kwargs["input_ids"].shape))
 
-    handle = lm.register_forward_pre_hook(record, with_kwargs=True)
+    handle = lm.base_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         progress: list[int] = []
         joined = generate_detailed(SENTENCES, paraphrase, Augment(max_new_tokens=120, batch_size=2, batch_tokens=None), 0,
@@ -192,7 +195,7 @@ def test_greedy_engine_equals_model_generate_row_by_row():
     texts = ["Alice laughed.", SENTENCES[0], SENTENCES[1], " ".join(SENTENCES[:3]), "The cat smiled."]
     settings = Augment(max_new_tokens=32, batch_size=3, batch_tokens=None, device="cpu")
     widths: list[int] = []  # input width of every forward pass: 1 for a decode step
-    handle = lm.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    handle = lm.base_model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
     try:
         engine = generate_detailed(texts, paraphrase, settings, 0)
     finally:
@@ -221,7 +224,7 @@ def test_the_first_rows_keep_to_the_token_budget(model):
     lengths = [p.length for p in TransformersBackend(Augment()).prepare([paraphrase.messages(t) for t in texts])]
     settings = Augment(max_new_tokens=1, batch_size=16, batch_tokens=2 * (max(lengths) + 1))  # two rows of the widest
     calls: list[tuple[int, int]] = []
-    handle = lm.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    handle = lm.base_model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     try:
         generate_detailed(texts, paraphrase, settings, 0)
     finally:
@@ -251,6 +254,34 @@ def test_growing_layer_appends_in_place_and_matches_dynamic_layer():
         layer.batch_select_indices(torch.tensor([1]))
         layer.update(first[:1, :, :1], first[:1, :, :1])
     assert grow.buffers[0].shape[0] == 1 and torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
+
+
+def test_the_engine_computes_logits_itself_only_where_the_model_does_the_same():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    plain = LlamaForCausalLM(config).eval()
+    assert vocabulary_weight(plain) is plain.lm_head.weight
+    biased = LlamaForCausalLM(config).eval()
+    biased.lm_head = torch.nn.Linear(16, 64, bias=True)
+    assert vocabulary_weight(biased) is None
+    scaled = LlamaForCausalLM(config).eval()
+    scaled.lm_head.register_forward_hook(lambda module, args, out: out * 2)  # a logit scale the product would miss
+    assert vocabulary_weight(scaled) is None
+
+
+def test_greedy_text_is_the_same_with_the_models_own_output_layer(model):
+    [paraphrase] = load_templates(["paraphrase"])
+    settings = Augment(max_new_tokens=48, batch_size=3)
+    backend = TransformersBackend(settings)
+    assert backend.vocabulary is not None
+    messages = [paraphrase.messages(t) for t in SENTENCES]
+    own = [g.text for g in generate_all(messages, settings, 0, stage_version="t", backend=backend)]
+    backend.vocabulary = None  # the model's forward computes the logits
+    assert own == [g.text for g in generate_all(messages, settings, 0, stage_version="t", backend=backend)]
 
 
 def test_shared_prefixes_take_each_templates_whole_prefix():

@@ -81,6 +81,28 @@ def shared_prefixes(sequences: Sequence[Sequence[int]], min_length: int = MIN_SH
     return lengths
 
 
+@functools.cache  # one probe per loaded model (models are cached too)
+def vocabulary_weight(model):
+    """The output layer's weight (vocabulary x hidden) where the model's logits are exactly
+    that layer applied to its last hidden state, checked on a short probe; else None (a bias,
+    a logit scale, soft-capping).
+
+    The engine multiplies by it itself: on the CPU, torch's `linear` with fewer than 16 rows
+    takes a path about 2x slower than the product `weight @ hidden.T` for a large vocabulary,
+    and continuous batching often runs with fewer rows than that."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    probe = torch.arange(1, 9, device=model.device).unsqueeze(0)
+    with torch.inference_mode():
+        expected = model(input_ids=probe, logits_to_keep=1).logits[:, -1, :].float()
+        hidden = model.base_model(input_ids=probe).last_hidden_state[:, -1, :]
+        got = torch.mm(head.weight, hidden.T).T.float()
+    return head.weight if torch.allclose(got, expected, rtol=1e-3, atol=1e-3) else None
+
+
 def next_tokens(logits, temperature: float, top_p: float, generators):
     """One token per row of `logits` (rows x vocabulary): the argmax when `temperature` is 0,
     else a draw, with the row's generator, from the temperature-scaled distribution cut to
@@ -319,6 +341,16 @@ class TransformersBackend:
         self.joinable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
         self.layer_class = growing_layer_class() if self.joinable else None
         self.prefix_caches: dict[tuple[int, ...], object] = {}
+        self.vocabulary = vocabulary_weight(self.model)
+
+    def next_logits(self, **inputs):
+        """Each row's logits for the token after its last input (rows x vocabulary)."""
+        import torch
+
+        if self.vocabulary is None:
+            return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        hidden = self.model.base_model(**inputs, use_cache=True).last_hidden_state[:, -1, :]
+        return torch.mm(self.vocabulary, hidden.T).T
 
     def prepare(self, messages: Sequence[Messages]) -> list[Prepared]:
         return chat_prompts(self.tokenizer, messages)
@@ -338,7 +370,7 @@ class TransformersBackend:
         if prefix not in self.prefix_caches:
             cache = self.new_cache()
             ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
-            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
             self.prefix_caches[prefix] = cache
         return self.prefix_caches[prefix]
 
@@ -375,10 +407,8 @@ class TransformersBackend:
             mask[row, widest_prefix + width - len(o) :] = 1
             positions[row, width - len(o) :] = torch.arange(p, p + len(o))
         mask, positions = mask.to(self.device), positions.to(self.device)
-        logits = self.model(
-            input_ids=input_ids.to(self.device), attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
-        ).logits[:, -1, :]
+        logits = self.next_logits(input_ids=input_ids.to(self.device), attention_mask=mask, position_ids=positions,
+                                  past_key_values=cache)
         return Batch(cache, mask, positions[:, -1:], None, []), logits
 
     def stream(self, rows: Sequence[Prepared], seeds: Sequence[int]) -> Iterator[list[tuple[int, Generation]]]:
@@ -428,10 +458,8 @@ class TransformersBackend:
 
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
         batch.positions = batch.positions + 1
-        logits = self.model(
-            input_ids=batch.pending.unsqueeze(-1), attention_mask=batch.mask, position_ids=batch.positions,
-            past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1, :]
+        logits = self.next_logits(input_ids=batch.pending.unsqueeze(-1), attention_mask=batch.mask,
+                                  position_ids=batch.positions, past_key_values=batch.cache)
         going, done, chosen = decoding.choose(logits, batch.rows)
         batch.pending = chosen.to(self.device)
         if not going:

@@ -71,7 +71,9 @@ def _stopped_by_signals():
 def run(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key: key.sub=value")] = None,
-    work_dir: Annotated[Path, typer.Option(help="where intermediate shards and caches go")] = Path("work"),
+    # a str, not a Path: a Path would turn s3://bucket/work into s3:/bucket/work
+    work_dir: Annotated[str, typer.Option(help="where intermediate shards and caches go: a folder, or an fsspec "
+                                               "URL such as s3://bucket/work that every worker can reach")] = "work",
     progress_bars: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
 ) -> None:
     """Build a release from RECIPE and print the release folder."""
@@ -91,7 +93,7 @@ def run(
         task_runner_for(parsed.runner)  # a missing prefect-dask or prefect-ray is named before the server starts
         with _stopped_by_signals(), tied_server(), \
                 (progress.shown() if progress_bars and sys.stderr.isatty() else contextlib.nullcontext()):
-            target = release(str(recipe), set_ or [], str(work_dir))
+            target = release(str(recipe), set_ or [], work_dir)
     except KeyboardInterrupt:
         _fail(f"stopped by a signal. Finished shards are cached in {work_dir}: rerun the same command to resume "
               f"from them.", code=130)

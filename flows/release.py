@@ -12,13 +12,13 @@ changed setting recomputes only what depends on it. This module only wires the s
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import inspect
 import json
-import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
+from upath import UPath
 
 from corpusmill.expectations.default import SuiteParams
-from corpusmill.flows import progress
+from corpusmill.flows import progress, workdir
 from corpusmill.tasks import augment, card, dedup, ingest, publish, safety, schema, split
 from corpusmill.tasks.filters import decontaminate
 from corpusmill.tasks.filters import stage as filtering
@@ -66,9 +67,10 @@ RETRY_POLICY = dict(retries=RETRIES, retry_delay_seconds=exponential_backoff(bac
                     retry_condition_fn=_retry_if_transient)
 
 
-def stage_task(stage: Stage, **options):
-    """The Prefect task of a stage: cached on `stage.cache_key`, transient errors retried with backoff."""
-    return task(stage.run, name=stage.name,
+def stage_task(stage: Stage, fetch=None, **options):
+    """The Prefect task of a stage: cached on `stage.cache_key`, transient errors retried with backoff,
+    run on local copies where the work dir is a URL (`workdir.staged`, with its `fetch`)."""
+    return task(workdir.staged(stage, fetch), name=stage.name,
                 task_run_name=f"{stage.name}-{stage.label}" if stage.label else stage.name,
                 cache_key_fn=lambda _context, parameters: stage.cache_key(parameters),
                 persist_result=True, **RETRY_POLICY, **options)
@@ -81,7 +83,15 @@ augment_shard = stage_task(augment.STAGE, tags=["gpu"])
 signature_shard = stage_task(dedup.SIGNATURES)
 band_pairs = stage_task(dedup.BANDS)
 cluster_rows = stage_task(dedup.CLUSTER)
-assign_splits = stage_task(split.ASSIGN)
+def _fetch_previous(name: str, value):
+    """assign's `previous` names the previous release's side file and this build's signatures."""
+    if name != "previous" or value is None:
+        return value
+    return dataclasses.replace(value, path=str(workdir.fetched(value.path)),
+                               signature_paths=tuple(str(workdir.fetched(p)) for p in value.signature_paths))
+
+
+assign_splits = stage_task(split.ASSIGN, fetch=_fetch_previous)
 finalize_shard = stage_task(split.FINALIZE)
 
 
@@ -89,9 +99,9 @@ def outputs_missing(parameters: dict) -> bool:
     """Whether the files a stage task writes are gone: its `out_path`, or every shard in its
     `out_dir` (a stage writes at least one)."""
     out_path, out_dir = parameters.get("out_path"), parameters.get("out_dir")
-    if out_path is not None and not Path(out_path).exists():
+    if out_path is not None and not workdir.location(out_path).exists():
         return True
-    return out_dir is not None and not any(Path(out_dir).glob("*.parquet"))
+    return out_dir is not None and not any(workdir.location(out_dir).glob("*.parquet"))
 
 
 def submit(stage_task_, options: dict, *args, **kwargs):
@@ -113,15 +123,15 @@ class Build:
     """One build's recipe, work folders and stage reports, handed from step to step."""
 
     recipe: Recipe
-    base: Path
+    base: Path | UPath  # <work_dir>/<name>; a UPath where the work dir is a URL
     reports: dict[str, dict] = field(default_factory=dict)
     quarantined: dict[Path, str] = field(default_factory=dict)  # this run's quarantine files -> their name
     decontamination_index: Path | None = None  # the eval sets' n-gram index, when the recipe lists any
     eval_sets: dict[str, dict] = field(default_factory=dict)  # each eval set's items and n-grams, from the index
 
-    @property
+    @cached_property  # once per build: a remote work dir's result storage is saved on the server
     def cached(self) -> dict:
-        return dict(result_storage=self.base / ".results")
+        return dict(result_storage=workdir.result_storage(self.base / ".results"))
 
     def place(self, stage: Stage, **parameters) -> Path:
         return addressed(self.base, stage, **parameters)
@@ -138,17 +148,11 @@ class Build:
         self.reports[stage] = report
         _report_stage(self.recipe, report)
 
-    def collect_quarantine(self) -> Path:
+    def collect_quarantine(self) -> Path | UPath:
         """`<work_dir>/<name>/quarantine/`: this run's dropped rows, one file per task that dropped any."""
         folder = self.base / "quarantine"
-        publish.discard(folder)
-        folder.mkdir(parents=True)
-        for path, name in sorted(self.quarantined.items(), key=lambda item: item[1]):
-            if path.is_file():
-                try:
-                    os.link(path, folder / name)
-                except OSError:  # a file system without hard links
-                    shutil.copyfile(path, folder / name)
+        workdir.replace_folder(folder, {path: name for path, name in sorted(self.quarantined.items(),
+                                                                            key=lambda item: item[1]) if path.is_file()})
         return folder
 
 
@@ -191,7 +195,7 @@ def ingest_sources(b: Build) -> tuple[list[Path], dict]:
     results = _gather("ingest", futures)
     _merged(b, "ingest", results)
     fingerprints = {u: ingest.unit_fingerprint(b.recipe.sources[u.source_index], u) for u in units}
-    return [Path(p) for r in results for p in r["shards"]], fingerprints
+    return [workdir.location(p) for r in results for p in r["shards"]], fingerprints
 
 
 def _shard_step(b: Build, stage_task_, stage: Stage, in_path: Path, quarantine: str | None = None, wait_for=(),
@@ -281,7 +285,9 @@ def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], 
     b.report("split", b.submit(assign_splits, **params, out_dir=out_dir).result())
     final = []
     futures = []
-    for p, assignments_path in zip(text_shards, split.assignment_paths(out_dir, len(text_shards))):
+    # the names assign writes, under out_dir (which may be a URL)
+    assignments = [out_dir / p.name for p in split.assignment_paths(".", len(text_shards))]
+    for p, assignments_path in zip(text_shards, assignments):
         folder = b.place(split.FINALIZE, shard_path=p, assignments_path=assignments_path)
         final.append(folder / p.name)
         futures.append(b.submit(finalize_shard, p, assignments_path, folder / p.name,
@@ -299,18 +305,23 @@ def previous_release(b: Build) -> tuple[Path, dict] | None:
     parent = {k: manifest[k] for k in ("name", "version", "fingerprint")}
     # A folder per previous release and dedup setting, so preparing one never rewrites another's.
     key = hashlib.sha256(json.dumps([parent, b.recipe.dedup.model_dump(mode="json")], sort_keys=True).encode())
-    prepared = split.prepare_previous(b.recipe.output.previous, b.base / "previous" / key.hexdigest()[:16],
-                                      b.recipe.dedup)
-    return prepared, parent
+    folder = b.base / "previous" / key.hexdigest()[:16]
+    if not workdir.is_url(folder):
+        return split.prepare_previous(b.recipe.output.previous, folder, b.recipe.dedup), parent
+    # prepared here, then uploaded for the assign task, wherever it runs
+    local = split.prepare_previous(b.recipe.output.previous, workdir.scratch("previous") / folder.name, b.recipe.dedup)
+    if not (folder / local.name).exists():
+        workdir.upload(local, folder / local.name)
+    return folder / local.name, parent
 
 
-def build(recipe: Recipe, work_dir: Path) -> Path:
+def build(recipe: Recipe, work_dir: str | Path) -> Path | str:
     """Run every stage of `recipe` and publish the release; returns its folder."""
     target = publish.release_path(recipe.output.root, recipe.name, recipe.version)
     publish.check_absent(target)  # before hours of work, not after
     publish.check_writable(publish.release_path(recipe.output.root, recipe.name, ""), "output.root")
     publish.check_writable(work_dir, "--work-dir")
-    b = Build(recipe, work_dir / recipe.name)
+    b = Build(recipe, workdir.location(work_dir) / recipe.name)
     previous = previous_release(b)
     steps, index = filter_steps(b)  # eval sets read and indexed first: a bad one stops the run here
     shards, fingerprints = ingest_sources(b)
@@ -321,11 +332,12 @@ def build(recipe: Recipe, work_dir: Path) -> Path:
     if b.reports["split"]["rows_out"] == 0:
         raise NothingToPublish(_nothing_left(b.reports, quarantine))
 
-    # output.root an fsspec URL: build locally, then upload
-    staging = publish.new_staging(b.base if publish.is_remote(target) else target.parent, recipe.version)
+    # output.root an fsspec URL: build locally (in the work dir, unless that is a URL too), then upload
+    local_base = workdir.scratch("staging") if workdir.is_url(b.base) else b.base
+    staging = publish.new_staging(local_base if publish.is_remote(target) else target.parent, recipe.version)
     try:
-        files, stats = write_release(recipe, final, staging, b.reports)
-        summary = validate(recipe, staging, files, b.base / "validation-failed", b.decontamination_index)
+        files, stats = write_release(recipe, [workdir.fetched(p) for p in final], staging, b.reports)
+        summary = validate(recipe, staging, files, b.base / "validation-failed", workdir.fetched(b.decontamination_index))
         manifest = release_manifest(recipe, files, stats, b.reports, fingerprints, summary,
                                     previous[1] if previous else None, b.eval_sets)
         commit_release(manifest, stats, b.reports["dedup"], staging, target)
@@ -355,7 +367,7 @@ def write_release(recipe: Recipe, final: list[Path], staging: Path, reports: dic
 
 
 @task(name="validate", retries=0)
-def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path,
+def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path | UPath,
              decontamination_index: Path | None) -> dict:
     """Run the Great Expectations suite over the staged splits; a failed critical expectation
     stops the release, with its report moved to `failed_dir`."""
@@ -363,8 +375,7 @@ def validate(recipe: Recipe, staging: Path, files: list[dict], failed_dir: Path,
     summary = validate_release(split_files, SuiteParams.from_recipe(recipe), staging / "validation",
                                decontamination_index)
     if not summary["success"]:
-        publish.discard(failed_dir)
-        (staging / "validation").rename(failed_dir)
+        workdir.move_folder(staging / "validation", failed_dir)
         raise ValidationFailed(format_failures(summary).replace(str(staging / "validation"), str(failed_dir)))
     # Reports are referred to inside the release, not by the staging folder's absolute path.
     return {**summary, "results": "validation/results.json", "data_docs": "validation/data_docs/index.html"}
@@ -429,11 +440,11 @@ def release(recipe_path: str, overrides: list[str] | None = None, work_dir: str 
     `nightly` publishes `<version>-nightly.<YYYYMMDD>` of the run's scheduled date, so a
     scheduled deployment never collides with the previous night's immutable release.
     """
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", work_dir):  # s3://..., also as a Path has made it (s3:/...)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]", work_dir):  # s3:/..., a URL as a Path has made it
         raise WorkDirNotLocal(
-            f"the work dir {work_dir!r} is a URL, which is not supported yet: the work dir must be a folder that "
-            f"every worker can read and write, such as a local path or an NFS mount on every machine. Pass "
-            f"--work-dir /shared/work (output.root may still be an s3:// URL).")
+            f"the work dir {work_dir!r} looks like a URL that lost a slash (a path library collapses '//'), "
+            f"and would be taken as a local folder named {work_dir.split('/')[0]!r}. Pass the URL as written, "
+            f"such as s3://bucket/work.")
     overrides = list(overrides or [])
     if nightly:
         from prefect.runtime import flow_run
@@ -455,7 +466,7 @@ class WorkDirNotLocal(CorpusmillError):
 @flow(name="corpusmill-build", log_prints=True)
 def build_release(recipe: Recipe, work_dir: str) -> str:
     """`build` as a subflow, so that `release` can give it the task runner the recipe asks for."""
-    return str(build(recipe, Path(work_dir)))
+    return str(build(recipe, work_dir))
 
 
 def _described(runner: Runner) -> str:

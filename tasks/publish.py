@@ -101,7 +101,7 @@ def check_writable(folder: Path | str, role: str) -> None:
     """Fail before any work when `folder` (created if missing) cannot take files: read-only,
     a file, or not creatable. `role` names it for the message (output.root, --work-dir)."""
     if is_remote(folder):
-        return  # object stores are checked by the upload itself; creating a probe there costs a request
+        return _check_writable_remote(str(folder), role)
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,20 @@ def check_writable(folder: Path | str, role: str) -> None:
     except OSError as e:
         raise NotWritable(f"{role} {folder} cannot be written ({e.strerror or e}); point {role} at a writable "
                           f"folder, or fix its permissions, before the run starts any work.") from None
+
+
+def _check_writable_remote(url: str, role: str) -> None:
+    """Write and remove a probe object under `url`: a missing bucket or a refused write is
+    named now, not after hours of work. Transient errors propagate, to be retried."""
+    fs, path = _fs(url)
+    probe = f"{path.rstrip('/')}/.corpusmill-probe-{os.urandom(8).hex()}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except (FileNotFoundError, PermissionError) as e:
+        raise NotWritable(f"{role} {url} cannot be written ({e}): its bucket does not exist or these credentials "
+                          f"may not write there. Create the bucket or grant write access (or point {role} "
+                          f"elsewhere) before the run starts any work.") from None
 
 
 OWNER = ".owner"  # inside a staging folder: "<host> <pid>" of the run writing it

@@ -101,7 +101,10 @@ def stream_sha256(handle) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
+    """sha256 of a file's content, local or at an fsspec URL (the same for the same bytes)."""
+    import fsspec
+
+    with (fsspec.open(str(path), "rb") if "://" in str(path) else open(path, "rb")) as f:
         return stream_sha256(f)
 
 

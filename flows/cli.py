@@ -159,7 +159,8 @@ def diff(
 def rebuild(
     release_dir: Annotated[Path, typer.Argument(help="a published release folder")],
     out: Annotated[Path, typer.Option("--out", help="root to publish the rebuilt copy under (<out>/<name>/<version>)")],
-    work_dir: Annotated[Optional[Path], typer.Option(help="work directory; default: a fresh temporary one, so nothing comes from cache")] = None,
+    work_dir: Annotated[Optional[str], typer.Option(help="work directory, a folder or an fsspec URL (s3://bucket/work); "
+                                                          "default: a fresh temporary one, so nothing comes from cache")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Re-run the recipe recorded in RELEASE_DIR's manifest and report whether every file matches.

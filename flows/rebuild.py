@@ -36,13 +36,13 @@ def rebuild_flow(release_dir: str, out_root: str, work_dir: str) -> dict:
             f"{target} already exists; `corpusmill rebuild` writes a fresh copy of the release, so pass an "
             f"empty --out folder (or remove {target})."
         )
-    rebuilt_dir = build(recipe, Path(work_dir))
+    rebuilt_dir = build(recipe, work_dir)  # a folder or an fsspec URL, as for `corpusmill run`
     report = compare(original, publish.read_manifest(rebuilt_dir))
     report["rebuilt"] = str(rebuilt_dir)
     return report
 
 
-def rebuild(release_dir: Path, out_root: Path, work_dir: Path | None = None, task_runner=None) -> dict:
+def rebuild(release_dir: Path, out_root: Path, work_dir: str | Path | None = None, task_runner=None) -> dict:
     """Rebuild `release_dir` into `out_root`; with no `work_dir`, a fresh one (nothing from cache)."""
     original = publish.read_manifest(release_dir)  # fail fast, before Prefect starts
     flow_ = rebuild_flow if task_runner is None else rebuild_flow.with_options(task_runner=task_runner)

@@ -393,10 +393,11 @@ def extrapolate(sizes: list[dict], megabytes: float = 10_000) -> dict:
     return {"megabytes": megabytes,
             "wall_minutes": round((b["wall_s"] + seconds_per_mb * (megabytes - b["megabytes"])) / 60, 1),
             "marginal_mb_s": round(1 / seconds_per_mb, 3),
-            "peak_rss_mb": round(b["peak_rss_mb"] + max(per_mb_rss, 0) * (megabytes - b["megabytes"]), 1),
+            "peak_rss_mb_if_linear": round(b["peak_rss_mb"] + max(per_mb_rss, 0) * (megabytes - b["megabytes"]), 1),
             "how": "wall: the largest run's, plus the extra megabytes at the marginal rate between the two largest "
-                   "runs; peak RSS: the largest run's plus the growth per MB from the smallest run to the largest "
-                   "(none when it did not grow)"}
+                   "runs; peak RSS if linear: the largest run's plus the growth per MB from the smallest run to the "
+                   "largest (an upper bound: most of that growth is buffers that stop growing; none when it did not "
+                   "grow)"}
 
 
 def main() -> None:

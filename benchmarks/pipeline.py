@@ -387,7 +387,7 @@ def extrapolate(sizes: list[dict], megabytes: float = 10_000) -> dict:
     """Time and peak RSS of a `megabytes` run, growing from the largest run at the rates
     measured between the two largest (time) and between the smallest and the largest (RSS):
     the fixed start-up is counted once, not once per base size."""
-    a, b = sizes[-2] if len(sizes) > 2 else sizes[0], sizes[-1]
+    a, b = sizes[-2], sizes[-1]
     seconds_per_mb = (b["wall_s"] - a["wall_s"]) / (b["megabytes"] - a["megabytes"])
     per_mb_rss = (b["peak_rss_mb"] - sizes[0]["peak_rss_mb"]) / (b["megabytes"] - sizes[0]["megabytes"])
     return {"megabytes": megabytes,

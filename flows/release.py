@@ -285,9 +285,7 @@ def assign_and_finalize(b: Build, clusters_path: Path, text_shards: list[Path], 
     b.report("split", b.submit(assign_splits, **params, out_dir=out_dir).result())
     final = []
     futures = []
-    # the names assign writes, under out_dir (which may be a URL)
-    assignments = [out_dir / p.name for p in split.assignment_paths(".", len(text_shards))]
-    for p, assignments_path in zip(text_shards, assignments):
+    for p, assignments_path in zip(text_shards, split.assignment_paths(out_dir, len(text_shards))):
         folder = b.place(split.FINALIZE, shard_path=p, assignments_path=assignments_path)
         final.append(folder / p.name)
         futures.append(b.submit(finalize_shard, p, assignments_path, folder / p.name,

@@ -150,13 +150,11 @@ def result_storage(folder: Path | UPath):
 def replace_folder(folder: Path | UPath, files: dict[Path | UPath, str]) -> None:
     """Make `folder` hold exactly `files` (source path -> name): hard links or copies locally,
     server-side copies on an object store."""
+    _discard(folder)
     if is_url(folder):
-        if folder.exists():
-            folder.fs.rm(folder.path, recursive=True)
         for source, name in files.items():
             folder.fs.copy(UPath(str(source)).path, (folder / name).path)
         return
-    publish.discard(folder)
     folder.mkdir(parents=True)
     for source, name in files.items():
         try:
@@ -167,10 +165,16 @@ def replace_folder(folder: Path | UPath, files: dict[Path | UPath, str]) -> None
 
 def move_folder(local: Path, folder: Path | UPath) -> None:
     """Move a local folder to `folder` (replacing what is there): a rename, or an upload."""
+    _discard(folder)
     if is_url(folder):
-        if folder.exists():
-            folder.fs.rm(folder.path, recursive=True)
         upload(local, folder)
-        return
-    publish.discard(folder)
-    local.rename(folder)
+    else:
+        local.rename(folder)
+
+
+def _discard(folder: Path | UPath) -> None:
+    """Remove `folder` and everything in it, if it is there."""
+    if not is_url(folder):
+        publish.discard(folder)
+    elif folder.exists():
+        folder.fs.rm(folder.path, recursive=True)

@@ -215,9 +215,10 @@ def pinned_splits(roots: list[str], links: list[set]) -> dict[str, str]:
     return {root: next(s for s in PRECEDENCE if s in splits) for root, splits in linked.items()}
 
 
-def assignment_paths(out_dir: str | Path, shards: int) -> list[Path]:
-    """Where `assign` writes each shard's assignments, in the order of its `shard_paths`."""
-    return [Path(out_dir) / f"assignments-{i:05d}.parquet" for i in range(shards)]
+def assignment_paths(out_dir: Path, shards: int) -> list[Path]:
+    """Where `assign` writes each shard's assignments, in the order of its `shard_paths`
+    (`out_dir` a Path, or the UPath of a URL: joined, never converted)."""
+    return [out_dir / f"assignments-{i:05d}.parquet" for i in range(shards)]
 
 
 def assign(clusters_path: Path, shard_paths: list[Path], out_dir: Path, splits: Splits,
@@ -269,7 +270,8 @@ def assign(clusters_path: Path, shard_paths: list[Path], out_dir: Path, splits: 
     in_shard_order = np.empty(len(ids), dtype=np.int64)
     in_shard_order[by_id.to_numpy()] = np.arange(len(ids))
     table = table.take(pa.array(in_shard_order))
-    for path, start, length in zip(assignment_paths(out_dir, len(shard_paths)), np.cumsum([0, *shard_rows]), shard_rows):
+    starts = np.cumsum([0, *shard_rows])
+    for path, start, length in zip(assignment_paths(Path(out_dir), len(shard_paths)), starts, shard_rows):
         write_table(table.slice(int(start), length), path)
     report.rows_out = int(pc.sum(pc.is_valid(table.column("split"))).as_py() or 0)  # None when no row is left
     report.extra["rows"] = {

@@ -46,6 +46,8 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -80,22 +82,44 @@ output: {root: releases}
 # --- the corpus -----------------------------------------------------------------------------
 
 
-def distinct_documents(megabytes: float, seed: int) -> list[str]:
+class Documents(Sequence[str]):
+    """The corpus as what each document is made of, its text joined when it is read: the text
+    of a 10 GB corpus never sits in memory, only its documents' unit numbers (and the text of
+    the near copies). An entry is (source, unit numbers) or a near copy's text."""
+
+    def __init__(self, pool: dict[str, list[str]], entries: list[tuple[str, array] | str]):
+        self.pool, self.entries = pool, entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        entry = self.entries[i]
+        if isinstance(entry, str):
+            return entry
+        source, picked = entry
+        return ("\n" if source == "wikitext" else "\n\n").join(self.pool[source][k] for k in picked)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Documents) and self.entries == other.entries
+
+
+def distinct_documents(megabytes: float, seed: int) -> Documents:
     """About `megabytes` MB of documents, each 3 to 30 units (`benchmarks.filters.units`) of one
     source drawn at random, in random order. `benchmarks.filters.corpus` joins *consecutive*
     units, and at this scale its runs overlap: 29% of a 64 MB corpus were near duplicates of
     each other, which would make dedup's work grow with size for want of distinct text."""
     pool, rng = units(), random.Random(seed)
-    sources, docs, size = sorted(pool), [], 0
+    docs = Documents(pool, [])
+    sources, size = sorted(pool), 0
     while size < megabytes * 1e6:
         source = rng.choice(sources)
-        picked = [pool[source][i] for i in rng.sample(range(len(pool[source])), rng.randint(3, 30))]
-        docs.append(("\n" if source == "wikitext" else "\n\n").join(picked))
+        docs.entries.append((source, array("I", rng.sample(range(len(pool[source])), rng.randint(3, 30)))))
         size += len(docs[-1].encode())
     return docs
 
 
-def planted_corpus(megabytes: float, seed: int = SEED) -> tuple[list[str], list[tuple[int, int, str]]]:
+def planted_corpus(megabytes: float, seed: int = SEED) -> tuple[Documents, list[tuple[int, int, str]]]:
     """Documents of about `megabytes` MB and the planted pairs (original index, copy index, kind).
 
     Copies are inserted at seeded places after their original; only originals of at least
@@ -104,19 +128,19 @@ def planted_corpus(megabytes: float, seed: int = SEED) -> tuple[list[str], list[
     rng = random.Random(seed)
     kinds = ["exact"] * round(len(base) * EXACT_SHARE) + ["near"] * round(len(base) * NEAR_SHARE)
     long_enough = [i for i, d in enumerate(base) if len(d.split()) >= 100]
-    copies: dict[int, list[tuple[int, str, str]]] = {}  # index in base after which they go -> (original, kind, text)
+    copies: dict[int, list[tuple[int, str, tuple | str]]] = {}  # index in base after which they go -> (original, kind, entry)
     for kind in kinds:
         original = rng.choice(long_enough)
         after = rng.randrange(original, len(base))
-        text = _near_copy(base[original], rng) if kind == "near" else base[original]
-        copies.setdefault(after, []).append((original, kind, text))
-    docs, where, pairs = [], {}, []
-    for i, doc in enumerate(base):
+        entry = _near_copy(base[original], rng) if kind == "near" else base.entries[original]
+        copies.setdefault(after, []).append((original, kind, entry))
+    docs, where, pairs = Documents(base.pool, []), {}, []
+    for i, entry in enumerate(base.entries):
         where[i] = len(docs)
-        docs.append(doc)
-        for original, kind, text in copies.get(i, []):
+        docs.entries.append(entry)
+        for original, kind, copy in copies.get(i, []):
             pairs.append((where[original], len(docs), kind))
-            docs.append(text)
+            docs.entries.append(copy)
     return docs, pairs
 
 
@@ -127,7 +151,7 @@ def _near_copy(doc: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def write_corpus(docs: list[str], folder: Path) -> list[str]:
+def write_corpus(docs: Sequence[str], folder: Path) -> list[str]:
     """JSONL files of about FILE_MB each; returns each document's row position (`<file>:<line>`)."""
     (folder / "corpus").mkdir(parents=True)
     positions, lines, size, index = [], [], 0, 0

@@ -203,7 +203,7 @@ class Augment(Strict):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(16, ge=1, description="upper bound on rows per batch")
     batch_tokens: int | None = Field(
-        4096, ge=1, description="token budget per batch: rows x (longest prompt + max_new_tokens); null: rows only"
+        8192, ge=1, description="token budget per batch: rows x (longest prompt + max_new_tokens); null: rows only"
     )
     stop: list[str] = Field(default_factory=list, description="stop sequences: generation ends before the first one")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")

@@ -84,7 +84,7 @@ def test_truncated_gate():
 def test_recipe_keys_for_generation():
     a = Augment.model_validate({"batch_tokens": 2048, "stop": ["\n\n"], "gates": {"allow_truncated": True}})
     assert a.batch_tokens == 2048 and a.stop == ["\n\n"] and a.gates.allow_truncated
-    assert Augment().gates.allow_truncated is False and Augment().batch_tokens == 4096
+    assert Augment().gates.allow_truncated is False and Augment().batch_tokens == 8192
     assert Augment(batch_tokens=None).batch_tokens is None
     with pytest.raises(ValueError):
         Augment.model_validate({"batch_tokens": 0})

@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from corpusmill.flows.cli import app  # noqa: E402
 from corpusmill.flows.server import tied_server  # noqa: E402
+from corpusmill.flows.release import ValidationFailed  # noqa: E402
 from corpusmill.tasks import publish  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -36,7 +37,7 @@ def _on(url: str):
     return temporary_settings(updates={PREFECT_API_URL: url})
 
 
-def _recipe(tmp_path, root: str, runner: dict | None = None):
+def _recipe(tmp_path, root: str, runner: dict | None = None, **keys):
     rng = random.Random(11)
     docs = [word_doc(rng, 30) for _ in range(40)]
     docs += [docs[3], docs[7]]  # exact duplicates, so dedup drops rows into the quarantine
@@ -44,7 +45,7 @@ def _recipe(tmp_path, root: str, runner: dict | None = None):
     recipe = {"name": "shared", "version": "1.0.0",
               "sources": [{"kind": "files", "name": "docs", "path": str(tmp_path / "in.jsonl"), "license": "MIT"}],
               "splits": {"train": 0.6, "validation": 0.2, "test": 0.2},
-              "output": {"root": root}, **({"runner": runner} if runner else {})}
+              "output": {"root": root}, **({"runner": runner} if runner else {}), **keys}
     path = tmp_path / f"{abs(hash(root))}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -86,6 +87,41 @@ def test_s3_work_dir_on_a_dask_cluster_matches_a_local_build_and_reruns_from_cac
     assert any("/.results/" in p for p in shards) and any("/ingest/" in p and p.endswith(".parquet") for p in shards)
     assert s3.find(f"{S3_BUCKET}/work/shared/quarantine")  # the dropped duplicates, collected on the bucket
     assert not any(".tmp-" in p for p in shards)
+
+
+def _ids_by_split(release: str) -> dict[str, set[str]]:
+    import pyarrow.parquet as pq
+
+    manifest = publish.read_manifest(release)
+    out: dict[str, set[str]] = {}
+    for f in manifest["files"]:
+        out.setdefault(f["split"], set()).update(pq.read_table(f"{release}/{f['path']}", columns=["id"])["id"].to_pylist())
+    return out
+
+
+@pytest.mark.slow
+def test_s3_work_dir_keeps_held_out_rows_of_the_previous_release_out_of_train(s3, prefect_server, tmp_path):
+    work = f"s3://{S3_BUCKET}/previous-work"
+    recipe = _recipe(tmp_path, str(tmp_path / "releases"))
+    with _on(prefect_server):
+        first = _run(recipe, work)
+        # another seed deals the rows out afresh; the previous release holds its held-out rows in place
+        second = _run(recipe, work, "version=1.1.0", "seed=99", f"output.previous={first}")
+    before, after = _ids_by_split(first), _ids_by_split(second)
+    held_out = before.get("validation", set()) | before.get("test", set())
+    assert held_out and not held_out & after["train"]
+    assert s3.find(f"{S3_BUCKET}/previous-work/shared/previous")  # prepared once, beside the other work files
+
+
+@pytest.mark.slow
+def test_failed_validation_leaves_its_report_on_the_bucket(s3, prefect_server, tmp_path):
+    # a user's step after the redaction puts an e-mail address back into every row
+    recipe = _recipe(tmp_path, str(tmp_path / "releases"),
+                     filters=[{"step": "pii", "action": "redact"}, {"step": "user_steps:AppendContact"}])
+    with _on(prefect_server), pytest.raises(ValidationFailed, match="personal_data.email"):
+        _run(recipe, f"s3://{S3_BUCKET}/failing-work")
+    assert s3.isfile(f"{S3_BUCKET}/failing-work/shared/validation-failed/results.json")
+    assert not (tmp_path / "releases" / "shared").exists() or not any((tmp_path / "releases" / "shared").iterdir())
 
 
 def test_a_missing_bucket_stops_the_run_before_any_work(s3, prefect_server, tmp_path):

@@ -23,9 +23,12 @@ template (`paraphrase` or `qa`) the stage assigns it. The model is SmolLM2-135M-
 - `corpusmill`: `tasks.generation.generate_all` (continuous batching, the templates'
   shared prefix read once, rows leave as they end).
 
-Each turn runs one chunk of prompts through every contender, the order rotating from chunk
-to chunk, so a shared machine's noise hits all alike; every contender renders and
-tokenizes its own prompts inside its timer. Reported per contender: new tokens per second
+By default every contender gets all the selected prompts at once (61 on the demo), as the
+augment stage hands the engine a shard's rows: a queue from which it refills its batch as
+rows end. `--chunk N` runs them N at a time instead, one chunk through every contender per
+turn, the order rotating from turn to turn so a shared machine's noise hits all alike; in
+chunks no larger than `batch_size` the engine has nothing to refill from. Every contender
+renders and tokenizes its own prompts inside its timer. Reported per contender: new tokens per second
 (tokens up to and including the end-of-sequence token), the ratio to each loop, the share
 of rows whose text is identical to the plain loop's, and what a faster engine must not
 lose: the share of rows kept by the unchanged quality gates (`augment.check_quality`) and
@@ -43,8 +46,8 @@ the recipe sets); `demo` is the demo recipe's own decoding.
 the machine it ran on: the part that did not run, and the decoding settings that did not
 (marked `earlier_run`).
 
-`benchmarks/results/generate.json` was written with `--threads 1`: on 2 cores shared with
-other work, one torch thread per process waited less on descheduled peers (about 2x).
+On 2 cores shared with other work, `--threads 1` (one torch thread per process) waited less
+on descheduled peers (about 2x); on idle cores torch's default (2) is faster.
 """
 
 from __future__ import annotations
@@ -220,8 +223,9 @@ class Contenders:
         return [g.text for g in out], [g.finish_reason for g in out], usage["new_tokens"]
 
 
-def speed(recipe, filtered: Path, n: int, chunk: int, max_new_tokens: int | None, device: str) -> dict:
-    """Every contender on the same `n` demo prompts, `chunk` at a time, the order rotating."""
+def speed(recipe, filtered: Path, n: int | None, chunk: int | None, max_new_tokens: int | None, device: str) -> dict:
+    """Every contender on the same `n` (all when None) demo prompts, `chunk` at a time (all at
+    once when None), the order rotating from turn to turn."""
     from corpusmill.tasks.recipe import Augment
 
     settings = Augment() if max_new_tokens is None else Augment(max_new_tokens=max_new_tokens)
@@ -231,6 +235,7 @@ def speed(recipe, filtered: Path, n: int, chunk: int, max_new_tokens: int | None
     c = Contenders(settings, device)
     c.generate_batch(messages[:2])  # warm-up, untimed: the paged cache and its manager
     c.plain_loop(messages[:1])
+    chunk = chunk or len(messages)
     totals = {name: {"seconds": 0.0, "new_tokens": 0, "texts": [], "finishes": []} for name in CONTENDERS}
     for turn, start in enumerate(range(0, len(messages), chunk)):
         part = messages[start : start + chunk]
@@ -243,7 +248,7 @@ def speed(recipe, filtered: Path, n: int, chunk: int, max_new_tokens: int | None
             totals[name]["finishes"] += finishes
         print(f"speed: {start + len(part)}/{len(messages)} prompts", flush=True)
     c.model.destroy_cached_continuous_batching_manager()
-    return summarize(totals, sources, settings)
+    return {**summarize(totals, sources, settings), "chunk": chunk}
 
 
 def summarize(totals: dict, sources: list[str], settings) -> dict:
@@ -310,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here (parts not run are kept from the file)")
     parser.add_argument("--quick", action="store_true", help="few prompts and tokens, two decoding settings")
     parser.add_argument("--part", choices=["speed", "controls"], action="append", help="default: both")
-    parser.add_argument("--prompts", type=int, help="speed: prompts (default 32, quick 8)")
-    parser.add_argument("--chunk", type=int, help="speed: prompts per turn (default 16, quick 8)")
+    parser.add_argument("--prompts", type=int, help="speed: the first N selected rows (default: all, quick 8)")
+    parser.add_argument("--chunk", type=int, help="speed: prompts per turn (default: all at once, quick 8)")
     parser.add_argument("--rows", type=int, help="controls: the first N selected rows (default: all)")
     parser.add_argument("--controls", nargs="+", choices=sorted([*CONTROLS, DEMO]), help="controls: settings to try "
                         f"(default: all; {DEMO}: the demo recipe's own)")
@@ -332,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             started, machine = time.perf_counter(), describe(LIBRARIES)
             if part == "speed":
-                result = speed(recipe, filtered, args.prompts or (8 if args.quick else 32),
-                               args.chunk or (8 if args.quick else 16), 32 if args.quick else None, args.device)
+                result = speed(recipe, filtered, args.prompts or (8 if args.quick else None),
+                               args.chunk or (8 if args.quick else None), 32 if args.quick else None, args.device)
             else:
                 names = args.controls or (["off", DEMO] if args.quick else [*CONTROLS, DEMO])
                 result = controls(recipe, filtered, steps, index, args.rows or (12 if args.quick else None), names, work)

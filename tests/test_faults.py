@@ -94,27 +94,55 @@ def servers_alive() -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted run: the bytes every faulted run must reproduce."""
+def reference_run(tmp_path_factory) -> tuple[dict[str, bytes], float]:
+    """An uninterrupted run: the bytes every faulted run must reproduce, and the seconds from
+    its flow's start to its last stage (write-release), the span a kill must land in."""
     folder = tmp_path_factory.mktemp("reference")
     recipe = make_recipe(folder)
-    code, out = finish(start(recipe, folder / "work"))
-    assert code == 0, out
-    return data_bytes(release_of(recipe))
+    run = start_flow(recipe, folder / "work")
+    began, stages_seconds = time.monotonic(), None
+    for line in run.stdout:
+        if stages_seconds is None and "Task run 'write-release" in line:
+            stages_seconds = time.monotonic() - began
+    code, out = finish(run)
+    assert code == 0 and stages_seconds is not None, out
+    return data_bytes(release_of(recipe)), stages_seconds
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_kill_9_at_a_seeded_point_then_rerun(tmp_path, reference, seed):
-    recipe, work = make_recipe(tmp_path), tmp_path / "work"
-    before = set(servers_alive())
-    run = start_flow(recipe, work)
-    time.sleep(random.Random(seed).uniform(1, 12))  # somewhere in the stages
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[str, bytes]:
+    return reference_run[0]
+
+
+def kill_when(run: subprocess.Popen, reached, timeout: float = 300) -> None:
+    """SIGKILL `run` as soon as `reached()` is true."""
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert run.poll() is None, "the run ended before the point it was to be killed at"
+        assert time.monotonic() < deadline, "the run did not reach the point it was to be killed at"
+        time.sleep(0.02)
     run.send_signal(signal.SIGKILL)
     run.wait()
+
+
+@pytest.mark.parametrize("point", ["seed 1", "seed 2", "publishing"])
+def test_kill_9_at_a_seeded_point_then_rerun(tmp_path, reference_run, point):
+    reference, stages_seconds = reference_run
+    recipe, work = make_recipe(tmp_path), tmp_path / "work"
+    staging_of = (tmp_path / "releases" / "faults").glob
+    if point == "publishing":  # the splits being written and validated in the staging folder
+        reached = lambda: any(staging_of(".*staging*/data/*.parquet"))  # noqa: E731
+    else:  # a seeded share of the uninterrupted run's stages, so the kill lands in them on a fast
+        # machine as on a slow one (at most half, where a warm rerun is faster than the reference)
+        kill_at = time.monotonic() + random.Random(point).uniform(0.05, 0.5) * stages_seconds
+        reached = lambda: time.monotonic() >= kill_at  # noqa: E731
+    before = set(servers_alive())
+    kill_when(start_flow(recipe, work), reached)
     deadline = time.monotonic() + 15
     while set(servers_alive()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(servers_alive()) - before, "the run's Prefect server outlived kill -9"
+    assert not release_of(recipe).exists(), "the run was killed after it published"
     finished = stage_files(work)
     code, out = finish(start(recipe, work))
     assert code == 0, out
@@ -122,7 +150,7 @@ def test_kill_9_at_a_seeded_point_then_rerun(tmp_path, reference, seed):
     assert verify(release_of(recipe)) == []
     redone = [p for p, mtime in finished.items() if p.exists() and p.stat().st_mtime_ns != mtime]
     assert not redone, f"finished shards were recomputed: {redone}"
-    assert not list((tmp_path / "releases" / "faults").glob(".*staging*"))
+    assert not list(staging_of(".*staging*"))
 
 
 def test_sigterm_stops_promptly_and_says_how_to_resume(tmp_path, reference):

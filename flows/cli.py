@@ -81,14 +81,15 @@ def run(
     from corpusmill.flows.release import release, task_runner_for
     from corpusmill.flows.server import tied_server
     from corpusmill.tasks.filters.decontaminate import check_eval_sets
-    from corpusmill.tasks.publish import check_absent, release_path
+    from corpusmill.tasks.publish import check_rebuildable, release_path
     from corpusmill.tasks.recipe import load_recipe
 
     _quiet_user_errors()
     parsed = None
     try:
         parsed = load_recipe(recipe, set_ or [])
-        check_absent(release_path(parsed.output.root, parsed.name, parsed.version))  # before the server starts
+        # before the server starts
+        check_rebuildable(release_path(parsed.output.root, parsed.name, parsed.version), parsed.resolved())
         check_eval_sets(parsed.decontaminate)
         task_runner_for(parsed.runner)  # a missing prefect-dask or prefect-ray is named before the server starts
         with _stopped_by_signals(), tied_server(), \

@@ -41,7 +41,7 @@ from corpusmill.tasks.recipe import Recipe, Runner, load_recipe, source_name
 from corpusmill.tasks.shards import StageReport
 from corpusmill.tasks.stage import Stage
 from corpusmill.tasks.validate import format_failures, validate_release
-from corpusmill.tasks.verify import write_checksums
+from corpusmill.tasks.verify import verify, write_checksums
 
 DEFAULT_WORK_DIR = "work"
 
@@ -316,7 +316,7 @@ def previous_release(b: Build) -> tuple[Path, dict] | None:
 def build(recipe: Recipe, work_dir: str | Path) -> Path | str:
     """Run every stage of `recipe` and publish the release; returns its folder."""
     target = publish.release_path(recipe.output.root, recipe.name, recipe.version)
-    publish.check_absent(target)  # before hours of work, not after
+    publish.check_rebuildable(target, recipe.resolved())  # before hours of work, not after
     publish.check_writable(publish.release_path(recipe.output.root, recipe.name, ""), "output.root")
     publish.check_writable(work_dir, "--work-dir")
     b = Build(recipe, workdir.location(work_dir) / recipe.name)
@@ -338,12 +338,14 @@ def build(recipe: Recipe, work_dir: str | Path) -> Path | str:
         summary = validate(recipe, staging, files, b.base / "validation-failed", workdir.fetched(b.decontamination_index))
         manifest = release_manifest(recipe, files, stats, b.reports, fingerprints, summary,
                                     previous[1] if previous else None, b.eval_sets)
-        commit_release(manifest, stats, b.reports["dedup"], staging, target)
+        published = commit_release(manifest, stats, b.reports["dedup"], staging, target)
     finally:
         publish.discard(staging)
+    done = "Published" if published else "Already published, byte for byte the release this run built:"
+    get_run_logger().info(f"{done} {recipe.name} {recipe.version} at {target}")
     create_markdown_artifact(
         key=_artifact_key(recipe.name, "release"),
-        markdown=f"Published **{recipe.name} {recipe.version}** to `{target}`: {manifest['accounting']['rows_out']:,} rows "
+        markdown=f"{done} **{recipe.name} {recipe.version}** at `{target}`: {manifest['accounting']['rows_out']:,} rows "
                  f"({manifest['accounting']['synthetic_out']:,} synthetic), fingerprint `{manifest['fingerprint']}`.",
         description="release summary")
     return target
@@ -407,17 +409,28 @@ def release_manifest(recipe: Recipe, files: list[dict], stats: dict, reports: di
 
 
 @task(name="publish", retries=0)
-def commit_release(manifest: dict, stats: dict, dedup_report: dict, staging: Path, target: Path | str) -> None:
-    """Add the card, plots and manifest to the validated staging folder and move it into place."""
-    card.write_plots(stats, staging / "plots")
-    (staging / "README.md").write_text(card.dataset_card(manifest, stats, dedup_report), encoding="utf-8")
-    publish.write_json(manifest, staging / publish.MANIFEST)
-    (staging / publish.OWNER).unlink(missing_ok=True)
-    write_checksums(staging)
-    if publish.is_remote(target):
-        publish.upload(staging, target)
-    else:
-        publish.commit(staging, target)
+def commit_release(manifest: dict, stats: dict, dedup_report: dict, staging: Path, target: Path | str) -> bool:
+    """Add the card, plots and manifest to the validated staging folder and move it into place
+    (True). Where the version was published meanwhile, by an earlier run of this recipe that
+    was killed after publishing or by a run beside this one, accept it only if it is the
+    release this run built and its files are intact (False)."""
+    if not publish.exists(target):
+        card.write_plots(stats, staging / "plots")
+        (staging / "README.md").write_text(card.dataset_card(manifest, stats, dedup_report), encoding="utf-8")
+        publish.write_json(manifest, staging / publish.MANIFEST)
+        (staging / publish.OWNER).unlink(missing_ok=True)
+        write_checksums(staging)
+        try:
+            if publish.is_remote(target):
+                publish.upload(staging, target)
+            else:
+                publish.commit(staging, target)
+            return True
+        except publish.ReleaseExists:
+            if not publish.exists(target):
+                raise
+    publish.check_same_release(target, manifest, verify(target))
+    return False
 
 
 def _inputs(recipe: Recipe, fingerprints: dict) -> list[dict]:

@@ -78,19 +78,61 @@ def release_path(root: str | Path, name: str, version: str) -> Path | str:
     return Path(root[len("file://"):] if root.startswith("file://") else root) / name / version
 
 
-def _exists(target: Path | str) -> bool:
+def exists(target: Path | str) -> bool:
     if is_remote(target):
         fs, path = _fs(str(target))
         return fs.exists(f"{path}/{MANIFEST}")  # a version without a manifest is an unfinished upload: absent
     return Path(target).exists()
 
 
+BUMP = "bump `version:` in the recipe (or --set version=X.Y.Z) to publish a new one."
+
+
 def check_absent(target: Path | str) -> None:
-    if _exists(target):
+    if exists(target):
+        raise ReleaseExists(f"release {target} already exists and releases are immutable; {BUMP}")
+
+
+def differences(published: dict, manifest: dict, keys=None) -> list[str]:
+    """The top-level fields (all, or `keys`) in which `manifest`, as it would be written,
+    differs from the `published` one."""
+    ours = json.loads(json.dumps(manifest, ensure_ascii=False))  # tuples as lists, as read back
+    return sorted(k for k in (keys or ours.keys() | published.keys()) if ours.get(k) != published.get(k))
+
+
+def check_rebuildable(target: Path | str, recipe: dict) -> None:
+    """Before any work: a version already published is refused unless it was built from this
+    (resolved) recipe by this code, the only case in which a rerun can end with that same
+    release; whether it does is checked at the end, by `check_same_release`. A rerun after a
+    run that was killed once it had published thus succeeds instead of failing."""
+    if not exists(target):
+        return
+    try:
+        published = read_manifest(target)
+    except CorpusmillError:  # unreadable: not the release of any recipe we know
+        return check_absent(target)
+    differ = differences(published, {"recipe": recipe, "code_version": code_version()}, ("recipe", "code_version"))
+    if differ:
+        built_from = {"recipe": "another recipe", "code_version": f"other code ({published.get('code_version')})"}
+        raise ReleaseExists(f"release {target} already exists, built from {' and '.join(built_from[k] for k in differ)}, "
+                            f"and releases are immutable; {BUMP}")
+
+
+def check_same_release(target: Path | str, manifest: dict, problems: list[str]) -> None:
+    """`target` is already published: accept it as this run's release only if its manifest is
+    the one this run built (same files, sha256s, inputs, accounting) and its files still match
+    it (`problems`, from `verify`); otherwise refuse, naming what differs."""
+    differ = differences(read_manifest(target), manifest)
+    if differ:
+        why = ("it was built from another recipe or by other code" if {"recipe", "code_version"} & set(differ) else
+               "it was built from the same recipe by the same code, so its inputs or models have changed since")
+        raise ReleaseExists(f"release {target} already exists and differs from the release this run built in "
+                            f"{', '.join(differ)}: {why}. Releases are immutable; {BUMP}")
+    if problems:
         raise ReleaseExists(
-            f"release {target} already exists and releases are immutable; "
-            f"bump `version:` in the recipe (or --set version=X.Y.Z) to publish a new one."
-        )
+            f"release {target} is the one this run built, but its published files no longer match its manifest "
+            f"({problems[0]}{f', and {len(problems) - 1} more' if len(problems) > 1 else ''}). Releases are "
+            f"immutable, so it is not rewritten: restore it from a copy, or {BUMP}")
 
 
 class NotWritable(CorpusmillError, PermissionError):

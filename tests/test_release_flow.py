@@ -146,9 +146,19 @@ def test_generated_release_end_to_end(tmp_path, generated_inputs):
     broken = CliRunner().invoke(app, ["verify", str(release_dir)])
     assert broken.exit_code == 1 and manifest["files"][0]["path"] in broken.output
 
-    # the same version again is refused before any work, leaving nothing behind
-    with pytest.raises(ReleaseExists, match="immutable"):
+    # the same version again: refused while a published file no longer matches, never rewritten
+    with pytest.raises(ReleaseExists, match="no longer match its manifest"):
         release(str(recipe_path), [], str(work))
+    assert data_file.read_bytes() == bytes(raw)
+    # restored, it is the release this run builds again: accepted as it is, nothing rewritten
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    published = {p: p.stat().st_mtime_ns for p in release_dir.rglob("*")}
+    assert Path(release(str(recipe_path), [], str(work))) == release_dir
+    assert {p: p.stat().st_mtime_ns for p in release_dir.rglob("*")} == published
+    # from another recipe, the same version is refused before any work
+    with pytest.raises(ReleaseExists, match="built from another recipe"):
+        release(str(recipe_path), ["seed=99"], str(work))
 
     # a new version of the same recipe: every shard comes from cache (no file rewritten), the data bytes are identical
     stage_files = {p: p.stat().st_mtime_ns for p in (work / "gen-test").rglob("*.parquet")}

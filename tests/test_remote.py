@@ -77,8 +77,11 @@ def test_release_to_s3_root(s3, tmp_path):
         assert s3.exists(f"{BUCKET}/releases/remote/1.0.0/validation/data_docs/index.html")
         assert publish.list_versions(f"s3://{BUCKET}/releases", "remote") == ["1.0.0"]
         assert not list((tmp_path / "work" / "remote").glob(".*.staging-*"))  # local staging cleaned up
-        with pytest.raises(publish.ReleaseExists):
-            release(str(tmp_path / "r.yaml"), [], str(tmp_path / "work"))
+        # the same recipe again ends with the same release; another recipe is refused
+        assert release(str(tmp_path / "r.yaml"), [], str(tmp_path / "work")) == target
+        assert publish.read_manifest(target) == manifest
+        with pytest.raises(publish.ReleaseExists, match="built from another recipe"):
+            release(str(tmp_path / "r.yaml"), ["seed=99"], str(tmp_path / "work"))
         # a new version may name the remote one as its parent
         second = release(str(tmp_path / "r.yaml"), ["version=1.1.0", f"output.previous={target}"], str(tmp_path / "work"))
         assert publish.read_manifest(second)["parent"]["fingerprint"] == manifest["fingerprint"]

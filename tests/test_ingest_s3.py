@@ -16,6 +16,7 @@ pytest.importorskip("s3fs")
 werkzeug_app = pytest.importorskip("moto.moto_server.werkzeug_app")
 
 from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.exceptions import ObjectNotFound  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
@@ -107,9 +108,12 @@ def run_task(source, unit, out):
     state = ingest_unit.with_options(retry_delay_seconds=0)(
         source, unit, out / "shards", out / "quarantine.parquet", 200, return_state=True)
     with get_client(sync_client=True) as client:
-        for _ in range(100):  # the server records the run's states a moment after the client set them
-            run = client.read_task_run(state.state_details.task_run_id)
-            if run.state_type == state.type:
+        for _ in range(100):  # the server records the run, and its states, a moment after the client set them
+            try:
+                run = client.read_task_run(state.state_details.task_run_id)
+            except ObjectNotFound:
+                run = None
+            if run is not None and run.state_type == state.type:
                 return state, run.run_count
             time.sleep(0.1)
     raise AssertionError(f"the server never recorded the task run's final state {state.type}")

@@ -429,7 +429,7 @@ def commit_release(manifest: dict, stats: dict, dedup_report: dict, staging: Pat
         except publish.ReleaseExists:
             if not publish.exists(target):
                 raise
-    publish.check_same_release(target, manifest, verify(target))
+    publish.check_same_release(target, manifest, verify)
     return False
 
 

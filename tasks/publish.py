@@ -32,6 +32,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.compute as pc
@@ -118,16 +119,18 @@ def check_rebuildable(target: Path | str, recipe: dict) -> None:
                             f"and releases are immutable; {BUMP}")
 
 
-def check_same_release(target: Path | str, manifest: dict, problems: list[str]) -> None:
+def check_same_release(target: Path | str, manifest: dict, verify: Callable[[Path | str], list[str]]) -> None:
     """`target` is already published: accept it as this run's release only if its manifest is
     the one this run built (same files, sha256s, inputs, accounting) and its files still match
-    it (`problems`, from `verify`); otherwise refuse, naming what differs."""
+    it (`verify`, which reads them all, so only once the manifests agree); otherwise refuse,
+    naming what differs."""
     differ = differences(read_manifest(target), manifest)
     if differ:
         why = ("it was built from another recipe or by other code" if {"recipe", "code_version"} & set(differ) else
                "it was built from the same recipe by the same code, so its inputs or models have changed since")
         raise ReleaseExists(f"release {target} already exists and differs from the release this run built in "
                             f"{', '.join(differ)}: {why}. Releases are immutable; {BUMP}")
+    problems = verify(target)
     if problems:
         raise ReleaseExists(
             f"release {target} is the one this run built, but its published files no longer match its manifest "
